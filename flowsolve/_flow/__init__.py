@@ -1,0 +1,2 @@
+from .base import AbstractFlow as AbstractFlow
+from .gradient import GradientFlow as GradientFlow

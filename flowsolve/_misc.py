@@ -1,0 +1,51 @@
+"""Small numerical helpers shared across the package."""
+
+import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike
+
+
+def safe_log_abs(x: ArrayLike) -> tuple[Array, Array]:
+    """`(log|x|, sign(x))` with finite gradients at `x = 0` (double-`where`)."""
+    x = jnp.asarray(x)
+    nonzero = x != 0
+    x_safe = jnp.where(nonzero, x, 1.0)
+    log_abs = jnp.where(nonzero, jnp.log(jnp.abs(x_safe)), -jnp.inf)
+    return log_abs, jnp.sign(x)
+
+
+def safe_norm(x: ArrayLike, ord: int | float = 2) -> Array:
+    """Vector norm of a flattened array whose gradient is finite (zero) at `x = 0`."""
+    x = jnp.ravel(jnp.asarray(x))
+    if ord == 1:
+        return jnp.sum(jnp.abs(x))
+    sq = jnp.sum(x * x)
+    nonzero = sq > 0
+    return jnp.where(nonzero, jnp.sqrt(jnp.where(nonzero, sq, 1.0)), 0.0)
+
+
+def safe_divide(num: ArrayLike, den: ArrayLike) -> Array:
+    """`num / den`, and 0 where `den == 0` (the normalised margin of a zero predictor)."""
+    num = jnp.asarray(num)
+    den = jnp.asarray(den)
+    nonzero = den != 0
+    return jnp.where(nonzero, num / jnp.where(nonzero, den, 1.0), 0.0)
+
+
+def log1p_exp_offset(log_t: ArrayLike) -> Array:
+    """`log(1 + e^{log_t})` without overflow: the log clock `s` of a time `t = e^{log_t}`."""
+    log_t = jnp.asarray(log_t)
+    return jnp.logaddexp(0.0, log_t)
+
+
+def log_expm1(s: ArrayLike) -> Array:
+    """`log(e^s - 1)` for `s >= 0` without overflow: `log t` of the log-clock value `s`.
+
+    Exact to rounding for all `s > 0`; `-inf` at `s = 0` (that is, `t = 0`).
+    """
+    s = jnp.asarray(s)
+    big = s > 1.0
+    s_big = jnp.where(big, s, 2.0)
+    s_small = jnp.where(big, 1.0, s)
+    return jnp.where(
+        big, s_big + jnp.log(-jnp.expm1(-s_big)), jnp.log(jnp.expm1(s_small))
+    )

@@ -1,0 +1,63 @@
+import abc
+
+import equinox as eqx
+import jax.numpy as jnp
+from jaxtyping import Array
+
+
+class AbstractModel(eqx.Module):
+    """A model that *is* its parameters: an `equinox.Module` mapping one input row to
+    a scalar prediction. An initialised model is the initial point θ0 of a flow.
+
+    Subclasses declare `homogeneity`: the degree `L` with `f(cθ; x) = c^L f(θ; x)`
+    for `c > 0`, or `None` when the model is not positively homogeneous. Models
+    with an end-to-end linear map (`Linear`, `DeepLinear`, `DiagonalLinear`,
+    `MatrixFactorization`) return it from `end_to_end()`, and models whose
+    gradient flow conserves known quantities return them, flattened, from
+    `conserved_quantities()`.
+
+    Any other `equinox.Module` that maps a row to a scalar works with flowsolve
+    too; it just lacks these declarations.
+    """
+
+    homogeneity: eqx.AbstractVar[int | None]
+
+    @abc.abstractmethod
+    def __call__(self, x: Array) -> Array:
+        """The scalar prediction for one input row `x`."""
+
+    def end_to_end(self) -> Array:
+        """The end-to-end linear predictor (vector) or matrix of the model."""
+        raise NotImplementedError(
+            f"{type(self).__name__} has no end-to-end linear map; metrics that need "
+            "one (ℓ1 margin, effective rank, singular values) do not apply to it."
+        )
+
+    def conserved_quantities(self) -> Array:
+        """The quantities exactly conserved by gradient flow, as one flat vector."""
+        raise NotImplementedError(
+            f"{type(self).__name__} declares no conserved quantities of gradient flow."
+        )
+
+    def conserved_scale(self) -> Array:
+        """The size of the terms whose differences `conserved_quantities` are, for a
+        relative drift: a change of `conserved_quantities` is measured against it."""
+        raise NotImplementedError(
+            f"{type(self).__name__} declares no conserved quantities of gradient flow."
+        )
+
+
+def _check_positive_int(name: str, value, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | jnp.integer):
+        raise ValueError(f"`{name}` must be an integer, got {value!r}.")
+    if value < minimum:
+        raise ValueError(f"`{name}` must be ≥ {minimum}, got {value}.")
+    return int(value)
+
+
+def _need_key(key, init_scale, name: str):
+    if key is None:
+        raise ValueError(
+            f"{name} with a random initialisation needs `key=jax.random.key(seed)`."
+        )
+    return key

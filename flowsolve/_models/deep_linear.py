@@ -1,0 +1,90 @@
+import equinox as eqx
+import jax.numpy as jnp
+import jax.random as jr
+from jaxtyping import Array, PRNGKeyArray
+
+from .base import AbstractModel, _check_positive_int
+
+
+def _chain(layers) -> Array:
+    out = layers[0]
+    for w in layers[1:]:
+        out = w @ out
+    return out
+
+
+def _balancedness(layers) -> tuple[Array, ...]:
+    return tuple(
+        layers[j + 1].T @ layers[j + 1] - layers[j] @ layers[j].T
+        for j in range(len(layers) - 1)
+    )
+
+
+def _balancedness_scale(layers) -> Array:
+    terms = [jnp.linalg.norm(w.T @ w) for w in layers[1:]] + [
+        jnp.linalg.norm(w @ w.T) for w in layers[:-1]
+    ]
+    return jnp.max(jnp.stack(terms))
+
+
+class DeepLinear(AbstractModel):
+    r"""Deep linear network $f(x) = W_D \cdots W_2 W_1 x$ (D-homogeneous).
+
+    $W_1$ is `width × d`, the middle layers `width × width`, $W_D$ is `1 × width`.
+    Gradient flow conserves $W_{j+1}^\top W_{j+1} - W_j W_j^\top$ for each pair of
+    consecutive layers (Arora et al. 2018).
+
+    **Arguments:**
+
+    - `d`: input dimension.
+    - `depth`: number of layers $D \ge 1$.
+    - `width`: hidden width.
+    - `key`: PRNG key.
+    - `init_scale`: standard deviation of each weight entry at initialisation.
+    """
+
+    layers: tuple[Array, ...]
+    homogeneity: int = eqx.field(static=True)
+
+    def __init__(
+        self,
+        d: int,
+        depth: int = 2,
+        width: int | None = None,
+        *,
+        key: PRNGKeyArray,
+        init_scale: float = 1e-2,
+    ):
+        d = _check_positive_int("d", d)
+        depth = _check_positive_int("depth", depth)
+        width = d if width is None else _check_positive_int("width", width)
+        dims = [d] + [width] * (depth - 1) + [1]
+        keys = jr.split(key, depth)
+        self.layers = tuple(
+            init_scale * jr.normal(k, (dims[j + 1], dims[j]))
+            for j, k in enumerate(keys)
+        )
+        self.homogeneity = depth
+
+    def __call__(self, x: Array) -> Array:
+        h = x
+        for w in self.layers:
+            h = w @ h
+        return h[0]
+
+    def end_to_end(self) -> Array:
+        r"""The end-to-end weight vector $w = (W_D\cdots W_1)^\top \in \mathbb R^d$."""
+        return _chain(self.layers)[0]
+
+    def balancedness(self) -> tuple[Array, ...]:
+        r"""$W_{j+1}^\top W_{j+1} - W_j W_j^\top$ for $j = 1, \dots, D-1$."""
+        return _balancedness(self.layers)
+
+    def conserved_quantities(self) -> Array:
+        mats = self.balancedness()
+        if not mats:
+            return jnp.zeros((0,))
+        return jnp.concatenate([m.ravel() for m in mats])
+
+    def conserved_scale(self) -> Array:
+        return _balancedness_scale(self.layers)

@@ -1,0 +1,87 @@
+import equinox as eqx
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, ArrayLike
+
+from .base import AbstractModel, _check_positive_int
+
+
+class DiagonalLinear(AbstractModel):
+    r"""Depth-$D$ diagonal linear network with untied layers,
+
+    $$f(x) = \langle w, x\rangle,\qquad w = \prod_{j=1}^D u_j - \prod_{j=1}^D v_j$$
+
+    (products elementwise; $u_j, v_j \in \mathbb R^d$). With equal layer scales this
+    is the "$u^D - v^D$" model of Woodworth et al. (2020) (up to a factor $D$ in
+    the time scale, since the $D$ layers move separately); unequal layer scales
+    give the *initialisation shape* of Azulay et al. (2021). $D$-homogeneous.
+
+    Initialisation: $u_j(0) = v_j(0) = \alpha \cdot \lambda_j$, so $w(0) = 0$.
+
+    Gradient flow conserves $u_{j+1}^2 - u_j^2$ and $v_{j+1}^2 - v_j^2$
+    (elementwise) for each pair of consecutive layers.
+
+    **Arguments:**
+
+    - `d`: input dimension.
+    - `depth`: $D \ge 2$.
+    - `init_scale`: $\alpha$, a scalar or a per-coordinate array of shape `(d,)`.
+    - `layer_scales`: $\lambda_j$, shape `(depth,)` or `(depth, d)`; default all ones
+        (balanced). E.g. `(1 + s, 1 - s)` (times a normalisation) for shape `s` at
+        depth 2.
+    """
+
+    u: Array
+    v: Array
+    homogeneity: int = eqx.field(static=True)
+
+    def __init__(
+        self,
+        d: int,
+        depth: int = 2,
+        *,
+        init_scale: ArrayLike = 1e-2,
+        layer_scales: ArrayLike | None = None,
+        key=None,
+    ):
+        del key  # deterministic initialisation; accepted for a uniform signature
+        d = _check_positive_int("d", d)
+        depth = _check_positive_int("depth", depth, minimum=2)
+        alpha = np.asarray(init_scale, dtype=float)
+        if alpha.ndim == 0:
+            alpha = np.full((d,), float(alpha))
+        if alpha.shape != (d,):
+            raise ValueError(
+                f"`init_scale` must be a scalar or have shape ({d},), got {alpha.shape}."
+            )
+        if np.any(alpha < 0):
+            raise ValueError("`init_scale` must be non-negative.")
+        if layer_scales is None:
+            lam = np.ones((depth, d))
+        else:
+            lam = np.asarray(layer_scales, dtype=float)
+            if lam.shape == (depth,):
+                lam = np.broadcast_to(lam[:, None], (depth, d))
+            if lam.shape != (depth, d):
+                raise ValueError(
+                    f"`layer_scales` must have shape ({depth},) or ({depth}, {d}), "
+                    f"got {np.shape(layer_scales)}."
+                )
+        init = jnp.asarray(alpha[None, :] * lam)
+        self.u = init
+        self.v = init
+        self.homogeneity = depth
+
+    def __call__(self, x: Array) -> Array:
+        return jnp.dot(self.end_to_end(), x)
+
+    def end_to_end(self) -> Array:
+        return jnp.prod(self.u, axis=0) - jnp.prod(self.v, axis=0)
+
+    def conserved_quantities(self) -> Array:
+        du = self.u[1:] ** 2 - self.u[:-1] ** 2
+        dv = self.v[1:] ** 2 - self.v[:-1] ** 2
+        return jnp.concatenate([du.ravel(), dv.ravel()])
+
+    def conserved_scale(self) -> Array:
+        return jnp.maximum(jnp.max(self.u**2), jnp.max(self.v**2))

@@ -1,0 +1,89 @@
+from collections.abc import Sequence
+
+import equinox as eqx
+import jax.numpy as jnp
+import jax.random as jr
+from jaxtyping import Array, PRNGKeyArray
+
+from .base import AbstractModel, _check_positive_int
+from .deep_linear import _balancedness, _balancedness_scale, _chain
+
+
+class MatrixFactorization(AbstractModel):
+    r"""Deep matrix factorisation $W = W_D \cdots W_2 W_1 \in \mathbb R^{m\times n}$
+    (Arora et al. 2019), predicting observed entries or linear measurements.
+
+    A data row is either an integer index pair `(i, j)`, predicting $W_{ij}$
+    (matrix completion), or a float array of $m n$ entries, the flattened
+    measurement matrix $A$, predicting $\langle A, W\rangle$ (matrix sensing).
+    $D$-homogeneous; gradient flow conserves the balancedness
+    $W_{j+1}^\top W_{j+1} - W_j W_j^\top$.
+
+    **Arguments:**
+
+    - `shape`: `(m, n)`.
+    - `depth`: $D \ge 1$.
+    - `widths`: the `depth - 1` inner dimensions (default `max(m, n)` each: no rank
+        constraint).
+    - `key`: PRNG key.
+    - `init_scale`: standard deviation of each factor entry.
+    """
+
+    layers: tuple[Array, ...]
+    shape: tuple[int, int] = eqx.field(static=True)
+    homogeneity: int = eqx.field(static=True)
+
+    def __init__(
+        self,
+        shape: tuple[int, int],
+        depth: int = 2,
+        widths: Sequence[int] | None = None,
+        *,
+        key: PRNGKeyArray,
+        init_scale: float = 1e-3,
+    ):
+        if len(shape) != 2:
+            raise ValueError(f"`shape` must be (m, n), got {shape!r}.")
+        m = _check_positive_int("shape[0]", shape[0])
+        n = _check_positive_int("shape[1]", shape[1])
+        depth = _check_positive_int("depth", depth)
+        if widths is None:
+            widths = [max(m, n)] * (depth - 1)
+        widths = [_check_positive_int("widths[*]", w) for w in widths]
+        if len(widths) != depth - 1:
+            raise ValueError(
+                f"`widths` must list depth - 1 = {depth - 1} inner dimensions, got {len(widths)}."
+            )
+        dims = [n] + widths + [m]
+        keys = jr.split(key, depth)
+        self.layers = tuple(
+            init_scale * jr.normal(k, (dims[j + 1], dims[j])) for j, k in enumerate(keys)
+        )
+        self.shape = (m, n)
+        self.homogeneity = depth
+
+    def __call__(self, x: Array) -> Array:
+        if jnp.issubdtype(x.dtype, jnp.integer):
+            # Row i of W_D, through the middle layers, onto column j of W_1.
+            i, j = x[0], x[1]
+            v = self.layers[0][:, j]
+            for w in self.layers[1:-1]:
+                v = w @ v
+            return jnp.dot(self.layers[-1][i], v) if len(self.layers) > 1 else v[i]
+        return jnp.sum(jnp.reshape(x, self.shape) * self.end_to_end())
+
+    def end_to_end(self) -> Array:
+        """The product matrix $W = W_D\\cdots W_1$ of shape `(m, n)`."""
+        return _chain(self.layers)
+
+    def balancedness(self) -> tuple[Array, ...]:
+        return _balancedness(self.layers)
+
+    def conserved_quantities(self) -> Array:
+        mats = self.balancedness()
+        if not mats:
+            return jnp.zeros((0,))
+        return jnp.concatenate([m.ravel() for m in mats])
+
+    def conserved_scale(self) -> Array:
+        return _balancedness_scale(self.layers)

@@ -1,0 +1,345 @@
+import math
+from collections.abc import Callable, Mapping, Sequence
+
+import diffrax
+import equinox as eqx
+import jax.numpy as jnp
+import jax.tree_util as jtu
+import numpy as np
+
+from . import _metrics
+from ._compile import compile_and_run
+from ._flow import AbstractFlow
+from ._misc_np import log1p_exp_np, log_expm1_np
+from ._problem import _warn_if_float32
+from ._results import RESULTS
+from ._saveat import SaveAt
+from ._solver import (
+    CollapseGuard,
+    count_params,
+    evals_per_step,
+    is_adaptive,
+    resolve_solver,
+)
+from ._trajectory import Trajectory
+
+
+CLOCKS = ("linear", "log")
+
+_DIFFRAX_TO_RESULTS = {
+    "successful": RESULTS.successful,
+    "max_steps_reached": RESULTS.max_steps_reached,
+    "dt_min_reached": RESULTS.step_size_too_small,
+    "event_occurred": RESULTS.event_occurred,
+}
+
+
+def _check_float(name: str, value, *, positive: bool = True) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"`{name}` must be a number, got {value!r}.") from None
+    if not math.isfinite(v) or (positive and v <= 0):
+        raise ValueError(f"`{name}` must be a finite positive number, got {value!r}.")
+    return v
+
+
+def check_initial_model(problem, model) -> eqx.Module:
+    """θ0 must have the structure and shapes of the problem's model."""
+    if model is None:
+        return problem.model
+    ref = eqx.filter(problem.model, eqx.is_inexact_array)
+    got = eqx.filter(model, eqx.is_inexact_array)
+    if jtu.tree_structure(ref) != jtu.tree_structure(got) or any(
+        a.shape != b.shape for a, b in zip(jtu.tree_leaves(ref), jtu.tree_leaves(got))
+    ):
+        raise ValueError(
+            "The initial model must have the same structure and parameter shapes as "
+            f"the problem's model ({type(problem.model).__name__}); got "
+            f"{type(model).__name__} with shapes "
+            f"{[x.shape for x in jtu.tree_leaves(got)]}."
+        )
+    return model
+
+
+def horizon(t0, t1, log_t1, clock: str) -> tuple[float, float, float]:
+    """Return `(s0, s1, log_t1)`: the span in the clock variable and the horizon's log."""
+    if clock not in CLOCKS:
+        raise ValueError(f"Unknown clock {clock!r}; use 'linear' or 'log'.")
+    t0 = _check_float("t0", t0, positive=False)
+    if t0 < 0:
+        raise ValueError(f"`t0` must be ≥ 0 (training starts at t = 0), got {t0}.")
+    if (t1 is None) == (log_t1 is None):
+        raise ValueError("Give the horizon as exactly one of `t1=` or `log_t1=`.")
+    if t1 is not None:
+        t1 = _check_float("t1", t1, positive=False)
+        if t1 <= t0:
+            raise ValueError(f"`t1` must be greater than `t0`; got t0={t0}, t1={t1}.")
+        log_t1 = math.log(t1)
+    else:
+        log_t1 = _check_float("log_t1", log_t1, positive=False)
+        if t0 > 0 and log_t1 <= math.log(t0):
+            raise ValueError(f"`log_t1` must exceed log(t0) = {math.log(t0)}; got {log_t1}.")
+    if clock == "linear":
+        if log_t1 > 709.0:
+            raise ValueError(
+                f"t1 = e^{log_t1:.6g} overflows float64 on the linear clock; use "
+                "`clock='log'`, which integrates in s = log(1 + t)."
+            )
+        return t0, math.exp(log_t1) if t1 is None else t1, log_t1
+    return math.log1p(t0), float(log1p_exp_np(log_t1)), log_t1
+
+
+def _program(args):
+    """The compiled body of `solve`: one diffeqsolve saving metrics at the save points."""
+    (term, solver, controller, y0, s0, s1, dt0, s_save, problem, static, names, fns,
+     save_params, max_steps, meter) = args
+
+    def save_fn(t, y, _):
+        model = eqx.combine(y, static)
+        out = {name: fn(problem, model) for name, fn in zip(names, fns)}
+        if save_params:
+            out["__params__"] = y
+        return out
+
+    saveat = diffrax.SaveAt(
+        subs=[
+            diffrax.SubSaveAt(ts=s_save, fn=save_fn),
+            diffrax.SubSaveAt(t1=True),
+        ]
+    )
+    sol = diffrax.diffeqsolve(
+        term,
+        solver,
+        s0,
+        s1,
+        dt0,
+        y0,
+        saveat=saveat,
+        stepsize_controller=controller,
+        max_steps=max_steps,
+        throw=False,
+        progress_meter=meter,
+    )
+    saved, final = sol.ys
+    ts_saved, ts_final = sol.ts
+    return {
+        "saved": saved,
+        "ts_saved": ts_saved,
+        "final": final,
+        "t_final": ts_final[-1],
+        "result": sol.result._value,
+        "num_accepted_steps": sol.stats["num_accepted_steps"],
+        "num_rejected_steps": sol.stats["num_rejected_steps"],
+        "num_steps": sol.stats["num_steps"],
+    }
+
+
+def solve(
+    flow: AbstractFlow,
+    model: eqx.Module | None = None,
+    t1: float | None = None,
+    *,
+    log_t1: float | None = None,
+    t0: float = 0.0,
+    clock: str = "linear",
+    solver: str | diffrax.AbstractSolver = "auto",
+    rtol: float = 1e-8,
+    atol: float = 1e-10,
+    dt0: float | None = None,
+    saveat: SaveAt | None = None,
+    metrics: Sequence[str | Callable] | Mapping[str, Callable] | None = ("loss", "log_loss"),
+    progress: bool = False,
+    max_steps: int = 100_000,
+) -> Trajectory:
+    r"""Integrate a flow from the initial model θ0 to a horizon.
+
+    **Arguments:**
+
+    - `flow`: a flow, e.g. `fs.GradientFlow(problem)`.
+    - `model`: the initial model θ0 (default: the problem's model).
+    - `t1`: the horizon. Or `log_t1`: its natural log, for horizons past float64
+        (`clock="log"`, e.g. `log_t1=1e4`).
+    - `t0`: the start time (default 0).
+    - `clock`: `"linear"` integrates in $t$; `"log"` in $s = \log(1 + t)$, where
+        $d\theta/ds = e^s\,\dot\theta$ with $e^s$ fused into the log-domain loss
+        derivative, so $t = e^{1000}$ and beyond run without overflow in a number of
+        steps that grows with $\log t$ (explicit solvers) or barely at all
+        (implicit ones).
+    - `solver`: `"auto"`, a name (`"tsit5"`, `"dopri5"`, `"dopri8"`, `"bosh3"`,
+        `"heun"`, `"ralston"`, `"midpoint"`, `"euler"`, `"kvaerno3"`, `"kvaerno4"`,
+        `"kvaerno5"`, `"implicit_euler"`) or any diffrax solver. `"auto"` is Kvaerno5
+        with a Newton root finder on the log clock (stiff there) for up to 2000
+        parameters, and Tsit5 otherwise. Named implicit solvers use Newton with the
+        controller's tolerances.
+    - `rtol`, `atol`: tolerances of the adaptive step-size controller.
+    - `dt0`: the initial step (default: chosen automatically); required for
+        fixed-step solvers (`"euler"`, `"midpoint"`...) which then take steps of `dt0`.
+    - `saveat`: where to record metrics: `fs.SaveAt(num=100)` (log-spaced) by default.
+    - `metrics`: names from `fs.metrics.NAMES`, callables `(problem, model) -> array`,
+        or a dict name → callable; computed at the save points inside the solve.
+    - `progress`: show a progress bar in the clock's own units.
+    - `max_steps`: the most steps the integrator may take (memory does not grow
+        with it).
+
+    **Returns:**
+
+    A `fs.Trajectory`. A solve that fails (max steps, step-size collapse,
+    non-finite values) returns with `result` saying why and everything up to the
+    failure point; it does not raise.
+    """
+    if not isinstance(flow, AbstractFlow):
+        raise ValueError(
+            f"`flow` must be a flow such as fs.GradientFlow(problem), got {type(flow).__name__}."
+        )
+    problem = flow.problem
+    model = check_initial_model(problem, model)
+    s0, s1, log_t1_val = horizon(t0, t1, log_t1, clock)
+    rtol = _check_float("rtol", rtol)
+    atol = _check_float("atol", atol)
+    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
+        raise ValueError(f"`max_steps` must be a positive integer, got {max_steps!r}.")
+    saveat = SaveAt() if saveat is None else saveat
+    if not isinstance(saveat, SaveAt):
+        raise ValueError(f"`saveat` must be a fs.SaveAt, got {type(saveat).__name__}.")
+    s_save = saveat.clock_points(s0, s1, clock)
+    names, fns = _metrics.resolve(metrics, problem, model)
+
+    y0, static = eqx.partition(model, eqx.is_inexact_array)
+    _warn_if_float32(jnp.result_type(*jtu.tree_leaves(y0)))
+    num_params = count_params(y0)
+    dsolver, solver_name = resolve_solver(solver, clock=clock, num_params=num_params)
+    if is_adaptive(dsolver):
+        controller = CollapseGuard(
+            diffrax.PIDController(rtol=jnp.asarray(rtol), atol=jnp.asarray(atol))
+        )
+        dt0_arr = None if dt0 is None else jnp.asarray(_check_float("dt0", dt0))
+    else:
+        if dt0 is None:
+            raise ValueError(
+                f"Solver {solver_name!r} has no error estimate, so it takes fixed steps: "
+                "pass `dt0=` (the step in the clock variable)."
+            )
+        controller = diffrax.ConstantStepSize()
+        dt0_arr = jnp.asarray(_check_float("dt0", dt0))
+    if progress:
+        from ._progress import ClockProgressMeter
+
+        label = "t" if clock == "linear" else "log(1+t)"
+        meter = ClockProgressMeter(label=label, lo=float(s0), hi=float(s1))
+    else:
+        meter = diffrax.NoProgressMeter()
+
+    float_dtype = jnp.result_type(float)
+    args = (
+        flow.term(clock),
+        dsolver,
+        controller,
+        y0,
+        jnp.asarray(s0, float_dtype),
+        jnp.asarray(s1, float_dtype),
+        dt0_arr,
+        jnp.asarray(s_save, float_dtype),
+        problem,
+        static,
+        names,
+        fns,
+        bool(saveat.params),
+        max_steps,
+        meter,
+    )
+    out, compile_time, wall_time = compile_and_run("solve", _program, args)
+    out = jtu.tree_map(np.asarray, out)
+
+    # What was reached: diffrax leaves unreached save slots as inf.
+    t_final = float(out["t_final"])
+    ts_saved = out["ts_saved"]
+    reached = np.isfinite(ts_saved) & (ts_saved <= t_final)
+    saved = jtu.tree_map(lambda x: x[reached], out["saved"])
+    params_hist = saved.pop("__params__", None)
+    saved = {name: saved[name] for name in names}  # the order asked for
+    final_params = out["final"]
+    final_params = jtu.tree_map(lambda x: x[-1], final_params)
+
+    result = _DIFFRAX_TO_RESULTS.get(
+        _result_name(int(out["result"])),
+        RESULTS.solver_failed,
+    )
+    if result is not RESULTS.successful and _nonfinite(flow, final_params, t_final, clock):
+        result = RESULTS.nonfinite
+
+    s_points = ts_saved[reached]
+    if clock == "linear":
+        with np.errstate(divide="ignore"):
+            log_ts = np.log(s_points)
+            log_t_final = float(np.log(t_final)) if t_final > 0 else -math.inf
+        ts = s_points
+    else:
+        log_ts = log_expm1_np(s_points)
+        log_t_final = float(log_expm1_np(t_final))
+        with np.errstate(over="ignore"):
+            ts = np.expm1(s_points)
+
+    num_steps = int(out["num_steps"])
+    per = evals_per_step(dsolver)
+    num_vf_evals = None
+    if per is not None:
+        num_vf_evals = per[0] + per[1] * num_steps
+        if dt0 is None and is_adaptive(dsolver):
+            num_vf_evals += 2  # diffrax's automatic initial step selection
+    stats = {
+        "num_accepted_steps": int(out["num_accepted_steps"]),
+        "num_rejected_steps": int(out["num_rejected_steps"]),
+        "num_steps": num_steps,
+        "num_vf_evals": num_vf_evals,
+        "wall_time": wall_time,
+        "compile_time": compile_time,
+        "num_params": num_params,
+    }
+    info = {
+        "kind": "flow",
+        "method": type(flow).__name__,
+        "model": type(model).__name__,
+        "clock": clock,
+        "solver": solver_name,
+        "rtol": rtol,
+        "atol": atol,
+        "log_t1": log_t1_val,
+        "max_steps": max_steps,
+        "metrics": list(names),
+    }
+    final_model = eqx.combine(final_params, static)
+    params = None
+    if params_hist is not None:
+        params = eqx.combine(params_hist, static)
+    return Trajectory(
+        ts=ts,
+        log_ts=log_ts,
+        metrics=saved,
+        params=params,
+        final=final_model,
+        log_t_final=log_t_final,
+        result=result,
+        stats=stats,
+        info=info,
+    )
+
+
+def _result_name(code: int) -> str:
+    for name in ("successful", "max_steps_reached", "dt_min_reached", "event_occurred"):
+        if int(getattr(diffrax.RESULTS, name)._value) == code:
+            return name
+    return "other"
+
+
+def _nonfinite(flow, params, s_end, clock) -> bool:
+    """Whether the failure came from non-finite values: the state, or the vector
+    field there, is NaN/inf."""
+    leaves = jtu.tree_leaves(params)
+    if not all(np.all(np.isfinite(x)) for x in leaves):
+        return True
+    term = flow.term(clock)
+    vf = eqx.filter_jit(lambda p: term.vf(jnp.asarray(s_end), p, None))(
+        jtu.tree_map(jnp.asarray, params)
+    )
+    return not all(bool(jnp.all(jnp.isfinite(x))) for x in jtu.tree_leaves(vf))

@@ -1,0 +1,122 @@
+import dataclasses
+import pickle
+from pathlib import Path
+from typing import Any
+
+import equinox as eqx
+import jax.tree_util as jtu
+import numpy as np
+
+from ._results import RESULTS
+
+
+_FORMAT = "flowsolve.Trajectory/1"
+
+
+def _to_numpy(tree):
+    return jtu.tree_map(lambda x: np.asarray(x) if eqx.is_array(x) else x, tree)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Trajectory:
+    """The result of `fs.solve` or `fs.descend`, on the host (numpy).
+
+    **Attributes:**
+
+    - `ts`: times `t` of the save points that were reached (may be `inf` past
+        `t ≈ 1.8e308` on the log clock; use `log_ts` there).
+    - `log_ts`: natural log of `ts`, exact at any horizon (`-inf` at `t = 0`).
+    - `metrics`: dict name → array with a leading axis over the save points.
+    - `params`: the model at every save point (leading axis), if
+        `SaveAt(params=True)`, else `None`.
+    - `final`: the model at the last time reached (`log_t_final`).
+    - `log_t_final`: `log t` where the solve ended (the horizon, unless it failed).
+    - `result`: a `fs.RESULTS` member; `success` says whether it reached the end.
+    - `stats`: dict of solver statistics: `num_accepted_steps`,
+        `num_rejected_steps`, `num_steps`, `num_vf_evals` (exact count for explicit
+        Runge–Kutta solvers, `None` where not counted), `wall_time` (seconds, after
+        compilation), `compile_time` (seconds; 0 when a compiled solve was
+        reused), and for descents the number of steps taken.
+    - `info`: how it was produced: kind (`"flow"`/`"descent"`), method, clock,
+        solver, tolerances, requested horizon.
+    """
+
+    ts: np.ndarray
+    log_ts: np.ndarray
+    metrics: dict[str, np.ndarray]
+    params: Any
+    final: Any
+    log_t_final: float
+    result: RESULTS
+    stats: dict[str, Any]
+    info: dict[str, Any]
+
+    @property
+    def success(self) -> bool:
+        return self.result.success
+
+    @property
+    def t_final(self) -> float:
+        with np.errstate(over="ignore"):
+            return float(np.exp(self.log_t_final))
+
+    @property
+    def clock(self) -> str:
+        return self.info.get("clock", "linear")
+
+    def __repr__(self) -> str:
+        names = ", ".join(self.metrics)
+        return (
+            f"Trajectory({self.info.get('method', '?')}, {len(self.log_ts)} points to "
+            f"log t = {self.log_t_final:.6g}, result={self.result.name}, "
+            f"metrics=[{names}], steps={self.stats.get('num_steps')})"
+        )
+
+    def save(self, path: str | Path) -> Path:
+        """Write the trajectory to `path` (a single file; exact round trip)."""
+        path = Path(path)
+        payload = {
+            "format": _FORMAT,
+            "ts": self.ts,
+            "log_ts": self.log_ts,
+            "metrics": dict(self.metrics),
+            "params": _to_numpy(self.params),
+            "final": _to_numpy(self.final),
+            "log_t_final": self.log_t_final,
+            "result": self.result.name,
+            "stats": dict(self.stats),
+            "info": dict(self.info),
+        }
+        try:
+            data = pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
+        except (pickle.PicklingError, AttributeError, TypeError) as e:
+            raise ValueError(
+                "This trajectory's model cannot be saved: a part of it (for example a "
+                "lambda used as activation) cannot be pickled. Use a function defined "
+                f"at module level instead. ({e})"
+            ) from e
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_bytes(data)
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Trajectory":
+        """Read a trajectory written by `save`. Only load files you trust (pickle)."""
+        path = Path(path)
+        with path.open("rb") as f:
+            payload = pickle.load(f)
+        if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
+            raise ValueError(f"{path} is not a flowsolve trajectory file.")
+        return cls(
+            ts=payload["ts"],
+            log_ts=payload["log_ts"],
+            metrics=payload["metrics"],
+            params=payload["params"],
+            final=payload["final"],
+            log_t_final=payload["log_t_final"],
+            result=RESULTS[payload["result"]],
+            stats=payload["stats"],
+            info=payload["info"],
+        )

@@ -1,0 +1,248 @@
+import math
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import flowsolve as fs
+
+
+LN10 = math.log(10.0)
+
+
+def _traj(log_ts, metrics, *, method="GradientFlow", solver="kvaerno5"):
+    """A trajectory built directly from numpy arrays (no solve)."""
+    log_ts = np.asarray(log_ts, dtype=float)
+    with np.errstate(over="ignore"):
+        ts = np.exp(log_ts)
+    return fs.Trajectory(
+        ts=ts,
+        log_ts=log_ts,
+        metrics={k: np.asarray(v, dtype=float) for k, v in metrics.items()},
+        params=None,
+        final=None,
+        log_t_final=float(log_ts[-1]),
+        result=fs.RESULTS.successful,
+        stats={},
+        info={"kind": "flow", "method": method, "clock": "log", "solver": solver},
+    )
+
+
+def _long_traj(log_t1=1e4, num=60):
+    """Logistic-like asymptotics: log L ≈ -log t, margin → 0.25 at rate 1/log t.
+    The first save point is t = 0."""
+    log_ts = np.concatenate([[-np.inf], np.linspace(1.0, log_t1, num - 1)])
+    log_loss = np.concatenate([[math.log(math.log(2.0))], -log_ts[1:]])
+    with np.errstate(under="ignore"):
+        loss = np.exp(log_loss)  # underflows to 0 past log t ≈ 745
+    margin = np.concatenate([[0.0], 0.25 - 1.0 / log_ts[1:]])
+    return _traj(log_ts, {"loss": loss, "log_loss": log_loss, "margin": margin})
+
+
+def _data_lines(ax):
+    return [line for line in ax.get_lines() if line.get_linestyle() != "--"]
+
+
+def _reference_lines(ax):
+    return [line for line in ax.get_lines() if line.get_linestyle() == "--"]
+
+
+def test_long_horizon_plots_log10_t_and_log10_loss():
+    traj = _long_traj(log_t1=1e4)
+    assert not np.all(np.isfinite(traj.ts))  # t itself overflows here
+    fig, ax = fs.plot.convergence(traj, "loss")
+    assert ax.get_xscale() == "linear"
+    assert ax.get_yscale() == "linear"
+    assert "log₁₀ t" in ax.get_xlabel()
+    assert "log₁₀ loss" in ax.get_ylabel()
+    (line,) = _data_lines(ax)
+    x, y = np.asarray(line.get_xdata()), np.asarray(line.get_ydata())
+    # t = 0 is dropped; everything else is exact log10 t, with no overflow.
+    assert np.all(np.isfinite(x)) and np.all(np.isfinite(y))
+    np.testing.assert_allclose(x, traj.log_ts[1:] / LN10, rtol=1e-14)
+    np.testing.assert_allclose(y, traj.metrics["log_loss"][1:] / LN10, rtol=1e-14)
+    assert x[-1] == pytest.approx(1e4 / LN10)
+    assert y[-1] == pytest.approx(-1e4 / LN10)
+    assert ax.get_legend() is not None
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+        "GradientFlow (kvaerno5)"
+    ]
+
+
+def test_switch_to_log10_t_past_1e250():
+    below = _long_traj(log_t1=math.log(1e249))
+    above = _long_traj(log_t1=math.log(1e251))
+    assert fs.plot.convergence(below, "margin")[1].get_xscale() == "log"
+    _, ax = fs.plot.convergence(above, "margin")
+    assert ax.get_xscale() == "linear" and "log₁₀ t" in ax.get_xlabel()
+    # One long trajectory puts every trajectory on the log10 t axis.
+    _, ax = fs.plot.convergence([below, above], "margin")
+    assert ax.get_xscale() == "linear"
+    for line, traj in zip(_data_lines(ax), [below, above], strict=True):
+        np.testing.assert_allclose(line.get_xdata(), traj.log_ts[1:] / LN10)
+
+
+def test_loss_underflow_without_log_loss_uses_log10():
+    log_ts = np.linspace(0.0, 800.0, 9)
+    with np.errstate(under="ignore"):
+        loss = np.exp(-log_ts)  # the last points underflow to 0.0
+    assert loss[-1] == 0.0
+    traj = _traj(log_ts, {"loss": loss})
+    _, ax = fs.plot.convergence(traj, "loss")
+    assert "log₁₀ loss" in ax.get_ylabel() and ax.get_yscale() == "linear"
+    (line,) = _data_lines(ax)
+    y = np.asarray(line.get_ydata())
+    finite = np.isfinite(y)
+    assert not finite[-1]  # log10(0) is not drawn
+    np.testing.assert_allclose(y[finite], -log_ts[finite] / LN10, rtol=1e-12)
+
+
+def test_short_real_solve_uses_log_axes():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(20, 3))
+    y = np.sign(X @ np.array([1.0, -0.5, 0.25]))
+    model = fs.models.Linear(3)
+    problem = fs.Problem(model, fs.losses.Logistic(), X, y)
+    sol = fs.solve(
+        fs.GradientFlow(problem),
+        model,
+        t1=1e4,
+        solver="tsit5",
+        metrics=("loss", "margin"),
+        saveat=fs.SaveAt(num=30),
+    )
+    assert sol.ts[0] == 0.0
+    fig, ax = fs.plot.convergence(sol, "loss")
+    assert ax.get_xscale() == "log" and ax.get_xlabel() == "t"
+    # Only "loss" was recorded and it does not underflow: a log loss axis.
+    assert ax.get_yscale() == "log" and ax.get_ylabel() == "loss"
+    (line,) = _data_lines(ax)
+    np.testing.assert_allclose(line.get_xdata(), sol.ts[1:])  # t = 0 dropped
+    np.testing.assert_allclose(line.get_ydata(), sol.metrics["loss"][1:])
+    assert line.get_label() == "GradientFlow (tsit5)"
+    # A linear time axis keeps t = 0.
+    _, ax = fs.plot.convergence(sol, "margin", log_time=False)
+    assert ax.get_xscale() == "linear"
+    np.testing.assert_allclose(_data_lines(ax)[0].get_xdata(), sol.ts)
+
+
+def test_reference_line_number_and_max_margin():
+    traj = _long_traj(log_t1=100.0)
+    _, ax = fs.plot.convergence(traj, "margin", reference=0.25)
+    (ref,) = _reference_lines(ax)
+    np.testing.assert_array_equal(ref.get_ydata(), [0.25, 0.25])
+    assert ax.get_ylabel() == "normalised margin" and ax.get_yscale() == "linear"
+    texts = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert any("0.25" in t for t in texts)
+
+    X = np.array([[2.0, 0.0], [0.0, 1.0], [-1.0, -1.0]])
+    y = np.array([1.0, 1.0, -1.0])
+    svm = fs.reference.max_margin(X, y, norm=2)
+    _, ax = fs.plot.convergence(traj, "margin", reference=svm)
+    (ref,) = _reference_lines(ax)
+    np.testing.assert_allclose(ref.get_ydata(), [svm.margin, svm.margin])
+    assert any("γ*" in t.get_text() for t in ax.get_legend().get_texts())
+
+
+def test_margin_gap():
+    traj = _long_traj(log_t1=1e4)
+    gamma = 0.25
+    _, ax = fs.plot.convergence(traj, "margin_gap", reference=gamma)
+    assert ax.get_yscale() == "log"
+    assert "log₁₀ t" in ax.get_xlabel()
+    (line,) = _data_lines(ax)
+    expected = (gamma - traj.metrics["margin"][1:]) / gamma  # = 4 / log t
+    np.testing.assert_allclose(line.get_ydata(), expected, rtol=1e-12)
+    np.testing.assert_allclose(line.get_ydata(), 4.0 / traj.log_ts[1:], rtol=1e-10)
+    # A margin above the reference has no place on a log axis: not drawn.
+    _, ax = fs.plot.convergence(traj, "margin_gap", reference=0.2)
+    y = np.asarray(_data_lines(ax)[0].get_ydata())
+    assert np.all(np.isnan(y[traj.metrics["margin"][1:] >= 0.2]))
+    with pytest.raises(ValueError, match="reference"):
+        fs.plot.convergence(traj, "margin_gap")
+
+
+def test_multi_component_metric_one_line_each():
+    log_ts = np.linspace(0.0, 5.0, 11)
+    sv = np.stack([np.exp(log_ts), np.ones(11), np.zeros(11)], axis=1)
+    traj = _traj(log_ts, {"singular_values": sv})
+    _, ax = fs.plot.convergence(traj, "singular_values")
+    lines = _data_lines(ax)
+    assert len(lines) == 3
+    for j, line in enumerate(lines):
+        np.testing.assert_allclose(line.get_ydata(), sv[:, j])
+    # Two trajectories: one colour each, one legend entry each.
+    _, ax = fs.plot.convergence([traj, traj], "singular_values", labels=["a", "b"])
+    lines = _data_lines(ax)
+    assert len(lines) == 6
+    assert len({line.get_color() for line in lines}) == 2
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["a", "b"]
+
+
+def test_overlay_labels_and_given_axes():
+    from matplotlib.figure import Figure
+
+    a = _long_traj(log_t1=50.0)
+    b = _traj(a.log_ts, dict(a.metrics), method="gd", solver=None)
+    fig = Figure()
+    ax = fig.add_subplot()
+    out_fig, out_ax = fs.plot.convergence([a, b], "log_loss", ax=ax, title="T")
+    assert out_fig is fig and out_ax is ax
+    assert ax.get_title() == "T"
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["GradientFlow (kvaerno5)", "gd"]
+    with pytest.raises(ValueError, match="labels"):
+        fs.plot.convergence([a, b], "margin", labels=["only one"])
+
+
+def test_overview_panels(tmp_path):
+    traj = _long_traj(log_t1=1e3)
+    fig = fs.plot.overview(
+        traj, metrics=("log_loss", "margin", "margin_gap"), reference=0.25
+    )
+    axes = fig.axes
+    assert len(axes) == 3
+    assert "log₁₀ loss" in axes[0].get_ylabel()
+    assert not _reference_lines(axes[0])  # the reference belongs to margins only
+    assert len(_reference_lines(axes[1])) == 1
+    assert axes[2].get_yscale() == "log"
+    path = tmp_path / "overview.png"
+    fig.savefig(path, dpi=60)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_errors_are_clear():
+    traj = _long_traj(log_t1=10.0)
+    with pytest.raises(ValueError, match="recorded"):
+        fs.plot.convergence(traj, "effective_rank")
+    with pytest.raises(ValueError, match="fs.Trajectory"):
+        fs.plot.convergence([traj, "not a trajectory"])
+    with pytest.raises(ValueError, match="empty"):
+        fs.plot.convergence([])
+    with pytest.raises(ValueError, match="reference"):
+        fs.plot.convergence(traj, "margin", reference="big")
+    with pytest.raises(ValueError, match="log_time=True"):
+        fs.plot.convergence(_long_traj(log_t1=1e3), "margin", log_time=False)
+
+
+def test_headless_without_pyplot(tmp_path):
+    # Fresh interpreter: plotting and saving must not need pyplot or a backend.
+    code = textwrap.dedent(
+        f"""
+        import sys
+        import numpy as np
+        import flowsolve as fs
+        log_ts = np.linspace(0.0, 2000.0, 20)
+        traj = fs.Trajectory(ts=np.full(20, np.inf), log_ts=log_ts,
+            metrics={{"log_loss": -log_ts}}, params=None, final=None,
+            log_t_final=2000.0, result=fs.RESULTS.successful, stats={{}},
+            info={{"method": "GradientFlow", "solver": "kvaerno5"}})
+        fig, ax = fs.plot.convergence(traj, "loss")
+        fig.savefig({str(tmp_path / "h.png")!r})
+        assert "matplotlib.pyplot" not in sys.modules
+        """
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+    assert (tmp_path / "h.png").stat().st_size > 1000
