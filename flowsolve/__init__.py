@@ -16,7 +16,11 @@ from . import (
     plot as plot,
     reference as reference,
 )
-from ._flow import AbstractFlow as AbstractFlow, GradientFlow as GradientFlow
+from ._flow import (
+    AbstractFlow as AbstractFlow,
+    GradientFlow as GradientFlow,
+    NaturalGradientFlow as NaturalGradientFlow,
+)
 from ._problem import Problem as Problem
 from ._results import RESULTS as RESULTS
 from ._saveat import SaveAt as SaveAt

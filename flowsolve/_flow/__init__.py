@@ -1,2 +1,3 @@
 from .base import AbstractFlow as AbstractFlow
 from .gradient import GradientFlow as GradientFlow
+from .natural import NaturalGradientFlow as NaturalGradientFlow

@@ -32,6 +32,23 @@ class AbstractLoss(eqx.Module):
     ) -> Array:
         r"""$e^{\text{log\_scale}}\,\partial\ell/\partial f_i$, formed in the log domain."""
 
+    @abc.abstractmethod
+    def log_curvature(self, f: Float[Array, " n"], y: Float[Array, " n"]) -> Array:
+        r"""$\log \partial^2\ell/\partial f_i^2$: the log of the Gauss–Newton weights."""
+
+    @abc.abstractmethod
+    def newton_ratio(self, f: Float[Array, " n"], y: Float[Array, " n"]) -> Array:
+        r"""$(\partial\ell/\partial f_i) / (\partial^2\ell/\partial f_i^2)$, in closed form:
+        the function-space natural-gradient step. Both factors decay like
+        $e^{-\text{margin}}$ for exponential-tailed losses; their ratio does not."""
+
+    def log_abs_derivative(self, f: Float[Array, " n"], y: Float[Array, " n"]) -> tuple[Array, Array]:
+        r"""$(\log|\partial\ell/\partial f_i|, \operatorname{sign}\partial\ell/\partial f_i)$."""
+        from .._misc import safe_log_abs
+
+        d = self.scaled_derivative(f, y, 0.0)
+        return safe_log_abs(d)
+
     def per_sample(self, f: Float[Array, " n"], y: Float[Array, " n"]) -> Array:
         """`ℓ(f_i, y_i)` for each sample."""
         return jnp.exp(self.log_per_sample(f, y))

@@ -19,3 +19,12 @@ class Exponential(AbstractLoss):
         self, f: Float[Array, " n"], y: Float[Array, " n"], log_scale: ArrayLike = 0.0
     ) -> Array:
         return -y * jnp.exp(log_scale - y * f)
+
+    def log_abs_derivative(self, f, y):
+        return -y * f, -y
+
+    def log_curvature(self, f: Float[Array, " n"], y: Float[Array, " n"]) -> Array:
+        return -y * f
+
+    def newton_ratio(self, f: Float[Array, " n"], y: Float[Array, " n"]) -> Array:
+        return -y * jnp.ones_like(f)

@@ -41,3 +41,15 @@ class Logistic(AbstractLoss):
     ) -> Array:
         u = y * f
         return -y * jnp.exp(log_scale - jax.nn.softplus(u))
+
+    def log_abs_derivative(self, f, y):
+        return -jax.nn.softplus(y * f), -y
+
+    def log_curvature(self, f: Float[Array, " n"], y: Float[Array, " n"]) -> Array:
+        # σ(u)σ(−u) = exp(−softplus(−u) − softplus(u)); never 1 − σ, which cancels.
+        u = y * f
+        return -jax.nn.softplus(u) - jax.nn.softplus(-u)
+
+    def newton_ratio(self, f: Float[Array, " n"], y: Float[Array, " n"]) -> Array:
+        # −yσ(−u) / (σ(u)σ(−u)) = −y/σ(u) = −y(1 + e^{−u}) = −y·exp(softplus(−u)).
+        return -y * jnp.exp(jax.nn.softplus(-(y * f)))

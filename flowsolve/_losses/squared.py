@@ -33,3 +33,9 @@ class Squared(AbstractLoss):
         log_abs, sign = safe_log_abs(r)
         fused = sign * jnp.exp(jnp.where(small, 0.0, log_scale) + log_abs)
         return jnp.where(small, plain, fused)
+
+    def log_curvature(self, f: Float[Array, " n"], y: Float[Array, " n"]) -> Array:
+        return jnp.zeros_like(f)
+
+    def newton_ratio(self, f: Float[Array, " n"], y: Float[Array, " n"]) -> Array:
+        return f - y

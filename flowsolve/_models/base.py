@@ -33,6 +33,12 @@ class AbstractModel(eqx.Module):
             "one (ℓ1 margin, effective rank, singular values) do not apply to it."
         )
 
+    def gram(self, X: Array) -> Array:
+        r"""The n×n tangent-kernel (Gram) matrix $J J^\top$ of the predictions on the
+        rows of `X` with respect to the trainable parameters, where the model can
+        form it faster than generic autodiff; `NotImplementedError` otherwise."""
+        raise NotImplementedError
+
     def conserved_quantities(self) -> Array:
         """The quantities exactly conserved by gradient flow, as one flat vector."""
         raise NotImplementedError(

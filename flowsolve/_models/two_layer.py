@@ -144,6 +144,19 @@ class TwoLayer(AbstractModel):
         a = self.hidden if self.train_hidden else jax.lax.stop_gradient(self.hidden)
         return self.scale * jnp.dot(self.output, self.activation(a @ x))
 
+    def gram(self, X: Array) -> Array:
+        r"""$JJ^\top$ in closed form, without the n×p Jacobian:
+        $c^2[\Phi\Phi^\top + (\Psi\,\mathrm{diag}(b^2)\Psi^\top) \circ XX^\top]$ with
+        $\Phi = \sigma(XA^\top)$, $\Psi = \sigma'(XA^\top)$: $O(n^2 m + n^2 d)$ instead of
+        $O(n^2 m d)$. The second term is dropped when only the output layer trains."""
+        Z = X @ self.hidden.T
+        Phi = self.activation(Z)
+        G = Phi @ Phi.T
+        if self.train_hidden:
+            dsigma = jax.vmap(jax.vmap(jax.grad(self.activation)))(Z)
+            G = G + ((dsigma * self.output**2) @ dsigma.T) * (X @ X.T)
+        return self.scale**2 * G
+
     def conserved_quantities(self) -> Array:
         if self.homogeneity is None or not self.train_hidden:
             return super().conserved_quantities()

@@ -1,0 +1,322 @@
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+import lineax as lx
+from jax.flatten_util import ravel_pytree
+from jaxtyping import Array, ArrayLike, PyTree
+
+from .._problem import Problem
+from .base import AbstractFlow
+
+
+SOLVE_METHODS = ("auto", "gram", "dense", "cg")
+FISHERS = ("gauss-newton", "empirical")
+
+#: Memory the "auto" rule lets an explicit n×p Jacobian (gram) or p×p Fisher (dense)
+#: take, in bytes. Above it "auto" goes matrix-free (cg).
+AUTO_MEMORY_BUDGET = 2 * 1024**3
+#: The dense path refuses a p×p Fisher larger than this many bytes.
+DENSE_MEMORY_LIMIT = 8 * 1024**3
+
+
+class _Weights(eqx.Module):
+    """Per-sample curvature weights and loss derivatives, all in the log domain.
+
+    With c = max_i h_i: `h_tilde = h / c` and `g_tilde = ℓ' / c` (both ≤ O(1), no
+    underflow of the leading samples), `ratio = ℓ'/h` (the function-space Newton
+    step, O(1) at any margin), `sqrt_h` and `g_over_sqrt_h` for the damped form,
+    and `log_c` to rescale the damping.
+    """
+
+    h_tilde: Array
+    g_tilde: Array
+    ratio: Array
+    sqrt_h: Array
+    g_over_sqrt_h: Array
+    log_c: Array
+
+
+def _weights(problem: Problem, f: Array, fisher: str) -> _Weights:
+    loss, y = problem.loss, problem.y
+    log_g, sign_g = loss.log_abs_derivative(f, y)
+    if fisher == "gauss-newton":
+        log_h = loss.log_curvature(f, y)
+        ratio = loss.newton_ratio(f, y)
+    else:  # empirical Fisher: weights ℓ'², so ℓ'/h = 1/ℓ'
+        log_h = 2.0 * log_g
+        ratio = sign_g * jnp.exp(-log_g)
+    log_c = jnp.max(log_h)
+    return _Weights(
+        h_tilde=jnp.exp(log_h - log_c),
+        g_tilde=sign_g * jnp.exp(log_g - log_c),
+        ratio=ratio,
+        sqrt_h=jnp.exp(0.5 * log_h),
+        g_over_sqrt_h=sign_g * jnp.exp(log_g - 0.5 * log_h),
+        log_c=log_c,
+    )
+
+
+def _psd_pinv_apply(A: Array, b: Array, rcond: float) -> Array:
+    """`A⁺ b` for a symmetric PSD `A`, by eigendecomposition with a relative cutoff."""
+    lam, U = jnp.linalg.eigh(A)
+    keep = lam > rcond * jnp.max(lam)
+    inv = jnp.where(keep, 1.0 / jnp.where(keep, lam, 1.0), 0.0)
+    return U @ (inv * (U.T @ b))
+
+
+def _gram_direction(G, jt, w: _Weights, mu, rcond):
+    """Natural-gradient direction from the n×n Gram (NTK) matrix G = J Jᵀ.
+
+    Undamped, J of full row rank: v = −Jᵀ G⁻¹ (ℓ'/h). Rank-deficient: with
+    G = U Λ Uᵀ restricted to its range U_r, v = −Jᵀ U_r Λ_r⁻¹ (U_rᵀ H̃ U_r)⁻¹ U_rᵀ g̃,
+    the exact pseudo-inverse (JᵀHJ)⁺Jᵀg. Damped (μ = nλ > 0):
+    v = −Jᵀ H^{1/2} (H^{1/2} G H^{1/2} + μI)⁻¹ H^{−1/2} g. `jt(a)` applies Jᵀ.
+    """
+
+    def undamped(_):
+        lam, U = jnp.linalg.eigh(G)
+        keep = lam > rcond * jnp.max(lam)
+        inv = jnp.where(keep, 1.0 / jnp.where(keep, lam, 1.0), 0.0)
+
+        def full_rank(_):
+            return U @ (inv * (U.T @ w.ratio))
+
+        def deficient(_):
+            Uk = U * keep  # dropped directions zeroed
+            M = Uk.T @ (w.h_tilde[:, None] * Uk) + jnp.diag(1.0 - keep)
+            z = jnp.linalg.solve(M, Uk.T @ w.g_tilde)
+            return U @ (inv * z)
+
+        return jax.lax.cond(jnp.all(keep), full_rank, deficient, None)
+
+    def damped(_):
+        K = w.sqrt_h[:, None] * G * w.sqrt_h[None, :]
+        yv = jnp.linalg.solve(K + mu * jnp.eye(G.shape[0]), w.g_over_sqrt_h)
+        return w.sqrt_h * yv
+
+    a = jax.lax.cond(mu > 0, damped, undamped, None)
+    return -jt(a)
+
+
+def _dense_direction(J, w: _Weights, mu, rcond):
+    """Natural-gradient direction from the p×p Fisher F̃ = Jᵀ H̃ J (scaled by 1/c)."""
+    F = J.T @ (w.h_tilde[:, None] * J)
+    b = J.T @ w.g_tilde
+    # (JᵀHJ + μI)v = −Jᵀg  ⇔  (F̃ + μ/c I)v = −b; μ/c may overflow at huge margins,
+    # where the damping dominates and the direction is 0.
+    log_mu_c = jnp.log(jnp.where(mu > 0, mu, 1.0)) - w.log_c
+    mu_c = jnp.exp(jnp.minimum(log_mu_c, 700.0))
+
+    def undamped(_):
+        return -_psd_pinv_apply(F, b, rcond)
+
+    def damped(_):
+        v = -jnp.linalg.solve(F + mu_c * jnp.eye(F.shape[0]), b)
+        return jnp.where(log_mu_c > 700.0, 0.0, v)
+
+    return jax.lax.cond(mu > 0, damped, undamped, None)
+
+
+def _cg_direction(predict, theta, w: _Weights, mu, rtol, atol, max_steps):
+    """Matrix-free: CG on the n×n Gram system with JVP∘VJP products; no Jacobian
+    or Fisher is ever formed.
+
+    Undamped, it solves G a = ℓ'/h (well conditioned at any margin) and falls back,
+    where that fails (a rank-deficient Jacobian makes the system inconsistent), to
+    CG on the p-space normal equations Jᵀ H̃ J v = −Jᵀ g̃ started from 0, whose
+    iterates stay in range(Jᵀ) and so converge to the minimum-norm solution.
+    Returns the direction and the total number of CG iterations.
+    """
+    _, jvp_fn = jax.linearize(predict, theta)
+    vjp_fn = jax.linear_transpose(jvp_fn, theta)
+
+    def jt(z):
+        (out,) = vjp_fn(z)
+        return out
+
+    n = w.ratio.shape[0]
+    n_struct = jax.ShapeDtypeStruct((n,), w.ratio.dtype)
+    p_struct = jax.ShapeDtypeStruct(theta.shape, theta.dtype)
+    solver = lx.CG(rtol=rtol, atol=atol, max_steps=max_steps)
+    psd = lx.positive_semidefinite_tag
+
+    def cg(mv, rhs, struct):
+        op = lx.FunctionLinearOperator(mv, struct, tags=psd)
+        sol = lx.linear_solve(op, rhs, solver, throw=False)
+        ok = (sol.result == lx.RESULTS.successful) & jnp.all(jnp.isfinite(sol.value))
+        return sol.value, sol.stats["num_steps"], ok
+
+    def normal_equations(steps_before):
+        v, steps, _ = cg(lambda v: jt(w.h_tilde * jvp_fn(v)), -jt(w.g_tilde), p_struct)
+        return v, steps_before + steps
+
+    def undamped(_):
+        if n > theta.size:  # J cannot have full row rank: go straight to p-space
+            return normal_equations(0)
+        a, steps, ok = cg(lambda z: jvp_fn(jt(z)), w.ratio, n_struct)
+        return jax.lax.cond(ok, lambda s: (-jt(a), s), normal_equations, steps)
+
+    def damped(_):
+        mv = lambda z: w.sqrt_h * jvp_fn(jt(w.sqrt_h * z)) + mu * z
+        yv, steps, _ = cg(mv, w.g_over_sqrt_h, n_struct)
+        return -jt(w.sqrt_h * yv), steps
+
+    return jax.lax.cond(mu > 0, damped, undamped, None)
+
+
+def _has_gram(model) -> bool:
+    """Whether the model overrides `AbstractModel.gram` with a closed form."""
+    from .._models import AbstractModel
+
+    return isinstance(model, AbstractModel) and type(model).gram is not AbstractModel.gram
+
+
+def choose_solve(n: int, p: int, itemsize: int = 8) -> str:
+    """The `"auto"` rule: `"dense"` when p ≤ n (the p×p Fisher is the smaller
+    system), else `"gram"` while the n×p Jacobian fits in `AUTO_MEMORY_BUDGET`,
+    else matrix-free `"cg"`."""
+    if p <= n and p * p * itemsize <= AUTO_MEMORY_BUDGET:
+        return "dense"
+    if n * p * itemsize + n * n * itemsize <= AUTO_MEMORY_BUDGET:
+        return "gram"
+    return "cg"
+
+
+class NaturalGradientFlow(AbstractFlow):
+    r"""Natural-gradient flow $\dot\theta = -F(\theta)^+ \nabla L(\theta)$, with the
+    Fisher / Gauss–Newton matrix $F = J^\top H J / n$ (J: Jacobian of the training
+    predictions; H: the loss's second derivative in the prediction) and the solve
+    fused into the (jitted) vector field (Kerekes, Mészáros & Huszár 2021; Zhang,
+    Martens & Grosse 2019).
+
+    The direction is the minimum-norm one (pseudo-inverse); `damping = λ > 0` gives
+    the Levenberg–Marquardt direction $-(F + \lambda I)^{-1}\nabla L$. For
+    logistic/exponential losses $H$ and $\nabla L$ both decay like $e^{-\text{margin}}$;
+    the direction is formed from their ratio $\ell'/\ell''$ in closed form
+    ($-y(1 + e^{-u})$ for the logistic loss) and log-domain weights, so the flow
+    stays exact when the loss is far below 1e-300.
+
+    **Arguments:**
+
+    - `problem`: the `fs.Problem`.
+    - `solve`: how the linear system is solved:
+        - `"gram"`: the n×n Gram/NTK system $JJ^\top$ from per-sample gradients
+          (exact, $O(n^2 p + n^3)$; for n < p), rank-deficient Jacobians included;
+        - `"dense"`: the p×p Fisher (for p ≤ n);
+        - `"cg"`: matrix-free conjugate gradients on the Gram system with
+          JVP∘VJP products (large p); where the Jacobian is rank-deficient it falls
+          back to CG on the p-space normal equations (minimum-norm from 0);
+        - `"auto"` (default): `"dense"` if p ≤ n, else `"gram"` while the n×p
+          Jacobian fits in 2 GiB, else `"cg"`.
+    - `damping`: λ ≥ 0.
+    - `fisher`: `"gauss-newton"` (default; for logistic, exponential and squared
+        losses this is the Fisher of the model's predictive distribution) or
+        `"empirical"` (weights $\ell'^2$: the empirical Fisher, whose flow is far more
+        aggressive, $\ell'/\ell'^2 = 1/\ell'$ grows like $e^{\text{margin}}$).
+    - `rcond`: relative eigenvalue cutoff of the pseudo-inverse (gram and dense).
+    - `cg_rtol`, `cg_atol`, `cg_max_steps`: CG's tolerances (relative residual).
+    """
+
+    problem: Problem
+    solve: str = eqx.field(static=True)
+    damping: Array
+    fisher: str = eqx.field(static=True)
+    rcond: float = eqx.field(static=True)
+    cg_rtol: float = eqx.field(static=True)
+    cg_atol: float = eqx.field(static=True)
+    cg_max_steps: int = eqx.field(static=True)
+
+    def __init__(
+        self,
+        problem: Problem,
+        *,
+        solve: str = "auto",
+        damping: ArrayLike = 0.0,
+        fisher: str = "gauss-newton",
+        rcond: float = 1e-10,
+        cg_rtol: float = 1e-10,
+        cg_atol: float = 1e-14,
+        cg_max_steps: int = 1000,
+    ):
+        if not isinstance(problem, Problem):
+            raise ValueError(f"`problem` must be a fs.Problem, got {type(problem).__name__}.")
+        if solve not in SOLVE_METHODS:
+            raise ValueError(f"`solve` must be one of {SOLVE_METHODS}, got {solve!r}.")
+        if fisher not in FISHERS:
+            raise ValueError(f"`fisher` must be one of {FISHERS}, got {fisher!r}.")
+        damping_f = float(jnp.asarray(damping))
+        if not math.isfinite(damping_f) or damping_f < 0:
+            raise ValueError(f"`damping` must be a finite number ≥ 0, got {damping!r}.")
+        if not 0 < rcond < 1:
+            raise ValueError(f"`rcond` must lie in (0, 1), got {rcond!r}.")
+        params = eqx.filter(problem.model, eqx.is_inexact_array)
+        p = sum(x.size for x in jtu.tree_leaves(params))
+        n = problem.n
+        itemsize = jnp.dtype(jnp.result_type(float)).itemsize
+        if solve == "auto":
+            solve = choose_solve(n, p, itemsize)
+        if solve == "dense" and p * p * itemsize > DENSE_MEMORY_LIMIT:
+            raise ValueError(
+                f"solve='dense' would form a {p}×{p} Fisher matrix "
+                f"({p * p * itemsize / 1024**3:.1f} GiB). Use solve='gram' (n = {n} < p) "
+                "or the matrix-free solve='cg'."
+            )
+        self.problem = problem
+        self.solve = solve
+        self.damping = jnp.asarray(damping_f)
+        self.fisher = fisher
+        self.rcond = float(rcond)
+        self.cg_rtol = float(cg_rtol)
+        self.cg_atol = float(cg_atol)
+        self.cg_max_steps = int(cg_max_steps)
+
+    def direction(self, params: PyTree, log_scale: ArrayLike = 0.0) -> PyTree:
+        v, _ = self.direction_with_info(params)
+        scale = jnp.exp(jnp.asarray(log_scale))
+        return jtu.tree_map(lambda x: scale * x, v)
+
+    def direction_with_info(self, params: PyTree) -> tuple[PyTree, dict]:
+        """The natural-gradient velocity `−F⁺∇L` (unscaled) and solver info
+        (`cg_steps` for the CG path). Shared by the flow and discrete NGD."""
+        problem = self.problem
+        static = self.static
+        theta, unravel = ravel_pytree(params)
+
+        def predict(th):
+            return jax.vmap(eqx.combine(unravel(th), static))(problem.X)
+
+        mu = problem.n * self.damping
+        info = {}
+        if self.solve == "cg":
+            f = predict(theta)
+            w = _weights(problem, f, self.fisher)
+            v, steps = _cg_direction(
+                predict, theta, w, mu, self.cg_rtol, self.cg_atol, self.cg_max_steps
+            )
+            info["cg_steps"] = steps
+        else:
+            def single(th, x):
+                return eqx.combine(unravel(th), static)(x)
+
+            model = eqx.combine(unravel(theta), static)
+            w = None
+            if self.solve == "gram" and _has_gram(model):
+                # The model forms JJᵀ in closed form; Jᵀa is one VJP.
+                f, vjp_fn = jax.vjp(predict, theta)
+                w = _weights(problem, f, self.fisher)
+                G = model.gram(problem.X)
+                v = _gram_direction(G, lambda a: vjp_fn(a)[0], w, mu, self.rcond)
+            else:
+                f = predict(theta)
+                w = _weights(problem, f, self.fisher)
+                # Per-sample gradients: n VJPs of single-sample predictions (not n
+                # VJPs of the whole batch, which would cost n² forward passes).
+                J = jax.vmap(jax.grad(single), in_axes=(None, 0))(theta, problem.X)
+                if self.solve == "gram":
+                    v = _gram_direction(J @ J.T, lambda a: J.T @ a, w, mu, self.rcond)
+                else:
+                    v = _dense_direction(J, w, mu, self.rcond)
+        return unravel(v.astype(theta.dtype)), info
