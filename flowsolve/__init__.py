@@ -21,6 +21,7 @@ from ._flow import (
     GradientFlow as GradientFlow,
     NaturalGradientFlow as NaturalGradientFlow,
 )
+from ._descend import descend as descend
 from ._problem import Problem as Problem
 from ._results import RESULTS as RESULTS
 from ._saveat import SaveAt as SaveAt

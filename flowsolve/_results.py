@@ -25,6 +25,10 @@ class RESULTS(enum.Enum):
         "converge). Try tighter root-finder tolerances or another solver."
     )
     event_occurred = "A stopping rule ended the solve before the horizon."
+    interrupted = (
+        "The run was interrupted (KeyboardInterrupt); the trajectory up to the last "
+        "completed chunk is kept."
+    )
 
     @property
     def message(self) -> str:

@@ -1,0 +1,352 @@
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+import equinox as eqx
+import jax
+import jax.lax as lax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+import numpy as np
+import optax
+
+from . import _metrics
+from ._compile import compile_and_run
+from ._flow import AbstractFlow, GradientFlow, NaturalGradientFlow
+from ._problem import Problem, _warn_if_float32
+from ._results import RESULTS
+from ._saveat import SaveAt
+from ._solve import check_initial_model
+from ._solver import count_params
+from ._trajectory import Trajectory
+
+
+OPTIMIZER_NAMES = ("gd", "ngd", "loss-scaled-gd")
+
+
+class _State(eqx.Module):
+    params: object
+    opt_state: object
+    k: jax.Array
+    log_t: jax.Array
+    ok: jax.Array
+
+
+def _all_finite(tree) -> jax.Array:
+    leaves = jtu.tree_leaves(tree)
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+class _AbstractStepper(eqx.Module):
+    """One discrete optimiser step on the parameter pytree, with the time it adds."""
+
+    def init(self, params):
+        return None
+
+    def step(self, k, params, opt_state):
+        """Return `(params, opt_state, log_dt)`: the new point and log of its time step."""
+        raise NotImplementedError
+
+
+def _lr_at(lr, k):
+    return lr(k) if callable(lr) else lr
+
+
+class _FlowStepper(_AbstractStepper):
+    """Euler steps along a flow's direction: GD for gradient flow, NGD for NGF."""
+
+    flow: AbstractFlow
+    lr: object
+
+    def step(self, k, params, opt_state):
+        eta = jnp.asarray(_lr_at(self.lr, k), float)
+        v = self.flow.direction(params, 0.0)
+        params = jtu.tree_map(lambda p, d: p + eta * d, params, v)
+        return params, opt_state, jnp.log(eta)
+
+
+class _LossScaledStepper(_AbstractStepper):
+    """Loss-scaled GD (Lyu & Li 2019): θ ← θ − (η/L)∇L = θ − η∇log L, with η/L
+    formed in the log domain, so steps stay well defined when L underflows; the
+    time step η/L is accumulated as log t."""
+
+    problem: Problem
+    lr: object
+
+    def step(self, k, params, opt_state):
+        eta = jnp.asarray(_lr_at(self.lr, k), float)
+        model = eqx.combine(params, _static(self.problem))
+        log_dt = jnp.log(eta) - self.problem.log_loss(model)
+        g = self.problem.gradient(model, log_dt)
+        params = jtu.tree_map(lambda p, d: p - d, params, g)
+        return params, opt_state, log_dt
+
+
+class _OptaxStepper(_AbstractStepper):
+    problem: Problem
+    transform: optax.GradientTransformation = eqx.field(static=True)
+    lr: object
+
+    def init(self, params):
+        return self.transform.init(params)
+
+    def step(self, k, params, opt_state):
+        model = eqx.combine(params, _static(self.problem))
+        g = self.problem.gradient(model)
+        updates, opt_state = self.transform.update(g, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        return params, opt_state, jnp.log(jnp.asarray(_lr_at(self.lr, k), float))
+
+
+def _static(problem: Problem):
+    return eqx.partition(problem.model, eqx.is_inexact_array)[1]
+
+
+def _stepper(problem, optimizer, lr) -> tuple[_AbstractStepper, str]:
+    if isinstance(optimizer, AbstractFlow):
+        return _FlowStepper(optimizer, lr), f"euler({type(optimizer).__name__})"
+    if isinstance(optimizer, optax.GradientTransformation):
+        return _OptaxStepper(problem, optimizer, lr), "optax"
+    if isinstance(optimizer, str):
+        name = optimizer.lower().replace("_", "-")
+        if name == "gd":
+            return _FlowStepper(GradientFlow(problem), lr), "gd"
+        if name == "ngd":
+            return _FlowStepper(NaturalGradientFlow(problem), lr), "ngd"
+        if name in ("loss-scaled-gd", "lsgd"):
+            return _LossScaledStepper(problem, lr), "loss-scaled-gd"
+    raise ValueError(
+        f"Unknown optimizer {optimizer!r}. Use one of {OPTIMIZER_NAMES}, an optax "
+        "GradientTransformation (e.g. optax.adam(1e-3)), or a flow (e.g. "
+        "fs.NaturalGradientFlow(problem, damping=1e-3)) to take Euler steps along it."
+    )
+
+
+def _save_steps(saveat: SaveAt, steps: int, lr) -> np.ndarray:
+    """Step indices of the save points (sorted, unique, within [0, steps])."""
+    if saveat.ts is not None or saveat.log_ts is not None:
+        if callable(lr):
+            raise ValueError(
+                "With a learning-rate schedule the time of each step is not known in "
+                "advance: give `SaveAt(num=..., spacing=...)` (save points in steps)."
+            )
+        if saveat.ts is not None:
+            ts = np.asarray(saveat.ts, dtype=float).ravel()
+        else:
+            ts = np.exp(np.asarray(saveat.log_ts, dtype=float).ravel())
+        k = np.round(ts / float(lr)).astype(np.int64)
+        if np.any(k < 0) or np.any(k > steps):
+            raise ValueError(
+                f"Save times must lie in [0, steps·lr] = [0, {steps * float(lr):.6g}]."
+            )
+        return np.unique(k)
+    if saveat.num == 1:
+        return np.array([steps], dtype=np.int64)
+    if saveat.spacing == "linear":
+        k = np.linspace(0, steps, saveat.num)
+    else:
+        k = np.expm1(np.linspace(0.0, np.log1p(steps), saveat.num))
+    return np.unique(np.concatenate([[0], np.round(k).astype(np.int64), [steps]]))
+
+
+def _chunk_program(args):
+    """Advance through one chunk of save points; compiled once per structure."""
+    (stepper, problem, static, names, fns, save_params, exact_time, log_lr,
+     state, targets) = args
+
+    def one_step(state):
+        params, opt_state, log_dt = stepper.step(state.k, state.params, state.opt_state)
+        ok = _all_finite(params)
+        # Keep the last finite point: a non-finite step is not taken.
+        params = jtu.tree_map(lambda new, old: jnp.where(ok, new, old), params, state.params)
+        return _State(
+            params=params,
+            opt_state=opt_state,
+            k=jnp.where(ok, state.k + 1, state.k),
+            log_t=jnp.where(ok, jnp.logaddexp(state.log_t, log_dt), state.log_t),
+            ok=ok,
+        )
+
+    def advance(state, target):
+        state = lax.while_loop(lambda s: (s.k < target) & s.ok, one_step, state)
+        model = eqx.combine(state.params, static)
+        out = {name: fn(problem, model) for name, fn in zip(names, fns)}
+        if save_params:
+            out["__params__"] = state.params
+        if exact_time:
+            # t = kη exactly for a constant step size (no accumulated rounding).
+            log_t = jnp.where(state.k > 0, jnp.log(jnp.maximum(state.k, 1)) + log_lr, -jnp.inf)
+        else:
+            log_t = state.log_t
+        out["__log_t__"] = log_t
+        out["__k__"] = state.k
+        return state, out
+
+    return lax.scan(advance, state, targets)
+
+
+def descend(
+    problem: Problem,
+    model: eqx.Module | None = None,
+    *,
+    optimizer: str | optax.GradientTransformation | AbstractFlow = "gd",
+    lr: float | Callable = 1.0,
+    steps: int = 1000,
+    saveat: SaveAt | None = None,
+    metrics: Sequence[str | Callable] | Mapping[str, Callable] | None = ("loss", "log_loss"),
+    progress: bool = False,
+    chunk: int = 16,
+) -> Trajectory:
+    r"""Run a discrete optimiser on the same time axis as the flows.
+
+    Step $k$ with step sizes $\eta_j$ sits at $t_k = \sum_{j<k}\eta_j$ ($= k\eta$
+    for a constant step), so a descent and a flow overlay directly.
+
+    **Arguments:**
+
+    - `problem`: the `fs.Problem`.
+    - `model`: the initial model θ0 (default: the problem's model).
+    - `optimizer`: `"gd"`; `"ngd"` (Euler steps along `fs.NaturalGradientFlow`, the
+        same direction code as the flow); `"loss-scaled-gd"` ($\eta_k = \eta/L(\theta_k)$,
+        Lyu & Li 2019, formed in the log domain); a flow (Euler steps along it, e.g.
+        `fs.NaturalGradientFlow(problem, damping=1e-3)`); or any optax
+        `GradientTransformation` (its own learning rate applies; `lr` then only
+        sets the time per step).
+    - `lr`: the step size η, or a schedule `k -> η_k` (e.g. an optax schedule).
+    - `steps`: number of steps.
+    - `saveat`: save points: `SaveAt(num=..., spacing="log"|"linear")` in step
+        indices (log spacing by default), or `SaveAt(ts=...)` / `log_ts` in time
+        for a constant `lr`.
+    - `metrics`: as in `fs.solve`.
+    - `progress`: show a progress bar (in steps).
+    - `chunk`: save points per compiled call; the run is interruptible between
+        chunks (Ctrl-C keeps what was done).
+
+    **Returns:**
+
+    A `fs.Trajectory` (`info["kind"] == "descent"`). A step that produces NaN/inf is
+    not taken: the run stops there with `result = RESULTS.nonfinite`.
+    """
+    if not isinstance(problem, Problem):
+        raise ValueError(f"`problem` must be a fs.Problem, got {type(problem).__name__}.")
+    model = check_initial_model(problem, model)
+    if isinstance(steps, bool) or not isinstance(steps, int | np.integer) or steps < 1:
+        raise ValueError(f"`steps` must be a positive integer, got {steps!r}.")
+    steps = int(steps)
+    if not callable(lr):
+        try:
+            lr_f = float(lr)
+        except (TypeError, ValueError):
+            raise ValueError(f"`lr` must be a positive number or a schedule, got {lr!r}.") from None
+        if not math.isfinite(lr_f) or lr_f <= 0:
+            raise ValueError(f"`lr` must be a finite positive number, got {lr!r}.")
+        lr = lr_f
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        raise ValueError(f"`chunk` must be a positive integer, got {chunk!r}.")
+    saveat = SaveAt() if saveat is None else saveat
+    if not isinstance(saveat, SaveAt):
+        raise ValueError(f"`saveat` must be a fs.SaveAt, got {type(saveat).__name__}.")
+    targets = _save_steps(saveat, steps, lr)
+    names, fns = _metrics.resolve(metrics, problem, model)
+    stepper, opt_name = _stepper(problem, optimizer, lr)
+    lr_dyn = lr if callable(lr) else jnp.asarray(lr, float)
+    stepper = eqx.tree_at(lambda s: s.lr, stepper, lr_dyn)
+    exact_time = not callable(lr) and not isinstance(stepper, _LossScaledStepper)
+
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    _warn_if_float32(jnp.result_type(*jtu.tree_leaves(params)))
+    state = _State(
+        params=params,
+        opt_state=stepper.init(params),
+        k=jnp.asarray(0),
+        log_t=jnp.asarray(-jnp.inf, float),
+        ok=jnp.asarray(True),
+    )
+    n_chunks = -(-len(targets) // chunk)
+    padded = np.concatenate([targets, np.full(n_chunks * chunk - len(targets), targets[-1])])
+    bar = None
+    if progress:
+        import tqdm
+
+        bar = tqdm.tqdm(total=steps, desc=f"flowsolve {opt_name}", unit="step")
+    saved_chunks = []
+    compile_time = wall_time = 0.0
+    result = RESULTS.successful
+    log_lr = jnp.log(jnp.asarray(lr if not callable(lr) else 1.0, float))
+    try:
+        for c in range(n_chunks):
+            tgt = jnp.asarray(padded[c * chunk : (c + 1) * chunk])
+            args = (stepper, problem, static, names, fns, bool(saveat.params), exact_time,
+                    log_lr, state, tgt)
+            (state, out), ct, wt = compile_and_run("descend", _chunk_program, args)
+            compile_time += ct
+            wall_time += wt
+            saved_chunks.append(jtu.tree_map(np.asarray, out))
+            if bar is not None:
+                bar.n = int(state.k)
+                bar.refresh()
+            if not bool(state.ok):
+                result = RESULTS.nonfinite
+                break
+    except KeyboardInterrupt:
+        result = RESULTS.interrupted
+    finally:
+        if bar is not None:
+            bar.close()
+
+    if saved_chunks:
+        out = jtu.tree_map(lambda *xs: np.concatenate(xs), *saved_chunks)
+    else:
+        out = None
+    if out is not None:
+        ks = out.pop("__k__")
+        log_ts = out.pop("__log_t__")
+        # Padding and a stopped run repeat the last point: keep each step index once.
+        _, first = np.unique(ks, return_index=True)
+        keep = np.sort(first)
+        out = jtu.tree_map(lambda x: x[keep], out)
+        log_ts = log_ts[keep]
+        params_hist = out.pop("__params__", None)
+        metrics_out = {name: out[name] for name in names}
+    else:
+        log_ts = np.zeros(0)
+        params_hist = None
+        metrics_out = {name: np.zeros(0) for name in names}
+    final_params = jtu.tree_map(np.asarray, state.params)
+    k_final = int(state.k)
+    if exact_time:
+        log_t_final = math.log(k_final) + math.log(lr) if k_final > 0 else -math.inf
+    else:
+        log_t_final = float(state.log_t)
+    with np.errstate(over="ignore"):
+        ts = np.exp(log_ts)
+    stats = {
+        "num_steps": k_final,
+        "wall_time": wall_time,
+        "compile_time": compile_time,
+        "num_params": count_params(params),
+    }
+    info = {
+        "kind": "descent",
+        "method": opt_name,
+        "model": type(model).__name__,
+        "clock": "linear",
+        "solver": None,
+        "lr": None if callable(lr) else lr,
+        "steps": steps,
+        "metrics": list(names),
+    }
+    return Trajectory(
+        ts=ts,
+        log_ts=log_ts,
+        metrics=metrics_out,
+        params=None if params_hist is None else eqx.combine(params_hist, static),
+        final=eqx.combine(final_params, static),
+        log_t_final=log_t_final,
+        result=result,
+        stats=stats,
+        info=info,
+    )
+
+
+del time
