@@ -16,12 +16,12 @@ from . import (
     plot as plot,
     reference as reference,
 )
+from ._descend import descend as descend
 from ._flow import (
     AbstractFlow as AbstractFlow,
     GradientFlow as GradientFlow,
     NaturalGradientFlow as NaturalGradientFlow,
 )
-from ._descend import descend as descend
 from ._problem import Problem as Problem
 from ._results import RESULTS as RESULTS
 from ._saveat import SaveAt as SaveAt

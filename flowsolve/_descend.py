@@ -1,5 +1,4 @@
 import math
-import time
 from collections.abc import Callable, Mapping, Sequence
 
 import equinox as eqx
@@ -349,4 +348,3 @@ def descend(
     )
 
 
-del time
