@@ -16,6 +16,7 @@ from . import (
     plot as plot,
     reference as reference,
 )
+from ._compare import Comparison as Comparison, compare as compare
 from ._descend import descend as descend
 from ._flow import (
     AbstractFlow as AbstractFlow,
