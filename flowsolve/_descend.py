@@ -158,11 +158,15 @@ def _chunk_program(args):
         ok = _all_finite(params)
         # Keep the last finite point: a non-finite step is not taken.
         params = jtu.tree_map(lambda new, old: jnp.where(ok, new, old), params, state.params)
+        if exact_time:  # t = kη is computed at the save points instead
+            log_t = state.log_t
+        else:
+            log_t = jnp.where(ok, jnp.logaddexp(state.log_t, log_dt), state.log_t)
         return _State(
             params=params,
             opt_state=opt_state,
             k=jnp.where(ok, state.k + 1, state.k),
-            log_t=jnp.where(ok, jnp.logaddexp(state.log_t, log_dt), state.log_t),
+            log_t=log_t,
             ok=ok,
         )
 
