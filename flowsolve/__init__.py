@@ -10,6 +10,7 @@ from importlib.metadata import PackageNotFoundError, version as _version
 
 from . import (
     datasets as datasets,
+    ensemble as ensemble,
     losses as losses,
     metrics as metrics,
     models as models,

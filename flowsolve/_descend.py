@@ -1,3 +1,4 @@
+import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
 
@@ -230,6 +231,43 @@ def descend(
     A `fs.Trajectory` (`info["kind"] == "descent"`). A step that produces NaN/inf is
     not taken: the run stops there with `result = RESULTS.nonfinite`.
     """
+    prep = prepare_descent(
+        problem, model, optimizer=optimizer, lr=lr, steps=steps, saveat=saveat,
+        metrics=metrics, chunk=chunk,
+    )
+    params = eqx.filter(prep.model, eqx.is_inexact_array)
+    return run_descent_chunks(prep, prep.initial_state(params), batched=False, progress=progress)
+
+
+@dataclasses.dataclass(frozen=True)
+class DescentSetup:
+    """Everything `descend` (and `fs.ensemble.descend`) resolved before running."""
+
+    problem: Problem
+    model: eqx.Module
+    stepper: _AbstractStepper
+    opt_name: str
+    names: tuple[str, ...]
+    fns: tuple
+    static: object
+    save_params: bool
+    exact_time: bool
+    lr: object
+    targets: np.ndarray
+    chunk: int
+    steps: int
+
+    def initial_state(self, params) -> _State:
+        return _State(
+            params=params,
+            opt_state=self.stepper.init(params),
+            k=jnp.asarray(0),
+            log_t=jnp.asarray(-jnp.inf, float),
+            ok=jnp.asarray(True),
+        )
+
+
+def prepare_descent(problem, model, *, optimizer, lr, steps, saveat, metrics, chunk) -> DescentSetup:
     if not isinstance(problem, Problem):
         raise ValueError(f"`problem` must be a fs.Problem, got {type(problem).__name__}.")
     model = check_initial_model(problem, model)
@@ -255,53 +293,91 @@ def descend(
     lr_dyn = lr if callable(lr) else jnp.asarray(lr, float)
     stepper = eqx.tree_at(lambda s: s.lr, stepper, lr_dyn)
     exact_time = not callable(lr) and not isinstance(stepper, _LossScaledStepper)
-
     params, static = eqx.partition(model, eqx.is_inexact_array)
     _warn_if_float32(jnp.result_type(*jtu.tree_leaves(params)))
-    state = _State(
-        params=params,
-        opt_state=stepper.init(params),
-        k=jnp.asarray(0),
-        log_t=jnp.asarray(-jnp.inf, float),
-        ok=jnp.asarray(True),
+    return DescentSetup(
+        problem=problem, model=model, stepper=stepper, opt_name=opt_name, names=names,
+        fns=fns, static=static, save_params=bool(saveat.params), exact_time=exact_time,
+        lr=lr, targets=targets, chunk=chunk, steps=steps,
     )
+
+
+def run_descent_chunks(prep: DescentSetup, state: _State, *, batched: bool, progress: bool) -> Trajectory:
+    """Run the save-point chunks (compiled once), then assemble the trajectory.
+    With `batched`, `state` carries a leading member axis (vmapped members)."""
+    targets, chunk, steps = prep.targets, prep.chunk, prep.steps
+    if batched and isinstance(prep.stepper, _LossScaledStepper):
+        raise ValueError(
+            "Loss-scaled GD gives each member its own time axis; run the members "
+            "separately with fs.descend."
+        )
     n_chunks = -(-len(targets) // chunk)
     padded = np.concatenate([targets, np.full(n_chunks * chunk - len(targets), targets[-1])])
     bar = None
     if progress:
         import tqdm
 
-        bar = tqdm.tqdm(total=steps, desc=f"flowsolve {opt_name}", unit="step")
+        bar = tqdm.tqdm(total=steps, desc=f"flowsolve {prep.opt_name}", unit="step")
     saved_chunks = []
     compile_time = wall_time = 0.0
     result = RESULTS.successful
-    log_lr = jnp.log(jnp.asarray(lr if not callable(lr) else 1.0, float))
+    log_lr = jnp.log(jnp.asarray(prep.lr if not callable(prep.lr) else 1.0, float))
+    tag = "ensemble.descend" if batched else "descend"
+    program = _batched_chunk_program if batched else _chunk_program
     try:
         for c in range(n_chunks):
             tgt = jnp.asarray(padded[c * chunk : (c + 1) * chunk])
-            args = (stepper, problem, static, names, fns, bool(saveat.params), exact_time,
-                    log_lr, state, tgt)
-            (state, out), ct, wt = compile_and_run("descend", _chunk_program, args)
+            args = (prep.stepper, prep.problem, prep.static, prep.names, prep.fns,
+                    prep.save_params, prep.exact_time, log_lr, state, tgt)
+            (state, out), ct, wt = compile_and_run(tag, program, args)
             compile_time += ct
             wall_time += wt
             saved_chunks.append(jtu.tree_map(np.asarray, out))
             if bar is not None:
-                bar.n = int(state.k)
+                bar.n = int(np.min(np.asarray(state.k)))
                 bar.refresh()
-            if not bool(state.ok):
+            if not bool(np.all(np.asarray(state.ok))):
                 result = RESULTS.nonfinite
-                break
+                if not batched or not bool(np.any(np.asarray(state.ok))):
+                    break
     except KeyboardInterrupt:
         result = RESULTS.interrupted
     finally:
         if bar is not None:
             bar.close()
+    if batched:
+        return _assemble_batched(prep, state, saved_chunks, result, compile_time, wall_time)
+    return _assemble(prep, state, saved_chunks, result, compile_time, wall_time)
 
+
+def _batched_chunk_program(args):
+    *head, state, targets = args
+    return eqx.filter_vmap(lambda st: _chunk_program((*head, st, targets)))(state)
+
+
+def _info(prep: DescentSetup, kind: str) -> dict:
+    return {
+        "kind": kind,
+        "method": prep.opt_name,
+        "model": type(prep.model).__name__,
+        "clock": "linear",
+        "solver": None,
+        "lr": None if callable(prep.lr) else prep.lr,
+        "steps": prep.steps,
+        "metrics": list(prep.names),
+    }
+
+
+def _log_t_of(prep: DescentSetup, k_final: int, log_t: float) -> float:
+    if prep.exact_time:
+        return math.log(k_final) + math.log(prep.lr) if k_final > 0 else -math.inf
+    return float(log_t)
+
+
+def _assemble(prep, state, saved_chunks, result, compile_time, wall_time) -> Trajectory:
+    names, static = prep.names, prep.static
     if saved_chunks:
         out = jtu.tree_map(lambda *xs: np.concatenate(xs), *saved_chunks)
-    else:
-        out = None
-    if out is not None:
         ks = out.pop("__k__")
         log_ts = out.pop("__log_t__")
         # Padding and a stopped run repeat the last point: keep each step index once.
@@ -317,27 +393,13 @@ def descend(
         metrics_out = {name: np.zeros(0) for name in names}
     final_params = jtu.tree_map(np.asarray, state.params)
     k_final = int(state.k)
-    if exact_time:
-        log_t_final = math.log(k_final) + math.log(lr) if k_final > 0 else -math.inf
-    else:
-        log_t_final = float(state.log_t)
     with np.errstate(over="ignore"):
         ts = np.exp(log_ts)
     stats = {
         "num_steps": k_final,
         "wall_time": wall_time,
         "compile_time": compile_time,
-        "num_params": count_params(params),
-    }
-    info = {
-        "kind": "descent",
-        "method": opt_name,
-        "model": type(model).__name__,
-        "clock": "linear",
-        "solver": None,
-        "lr": None if callable(lr) else lr,
-        "steps": steps,
-        "metrics": list(names),
+        "num_params": count_params(final_params),
     }
     return Trajectory(
         ts=ts,
@@ -345,10 +407,63 @@ def descend(
         metrics=metrics_out,
         params=None if params_hist is None else eqx.combine(params_hist, static),
         final=eqx.combine(final_params, static),
-        log_t_final=log_t_final,
+        log_t_final=_log_t_of(prep, k_final, float(state.log_t)),
         result=result,
         stats=stats,
-        info=info,
+        info=_info(prep, "descent"),
     )
 
 
+def _assemble_batched(prep, state, saved_chunks, result, compile_time, wall_time) -> Trajectory:
+    """Members share the save targets (and, for a constant step or a schedule,
+    the time axis); a member that stopped early has NaN metrics after its stop."""
+    names, static = prep.names, prep.static
+    n_t = len(prep.targets)
+    out = jtu.tree_map(lambda *xs: np.concatenate(xs, axis=1), *saved_chunks)
+    ks = out.pop("__k__")[:, :n_t]  # (M, T)
+    log_ts_m = out.pop("__log_t__")[:, :n_t]
+    params_hist = out.pop("__params__", None)
+    reached = ks == prep.targets[None, :]
+
+    def mask(x):
+        x = np.asarray(x)[:, :n_t]
+        x = np.array(x, dtype=np.result_type(x, np.float64))
+        return np.where(reached.reshape(reached.shape + (1,) * (x.ndim - 2)), x, np.nan)
+
+    ok_rows = np.all(reached, axis=1)
+    ref = int(np.argmax(ok_rows)) if np.any(ok_rows) else 0
+    log_ts = log_ts_m[ref]
+    if prep.exact_time:
+        with np.errstate(divide="ignore"):
+            log_ts = np.where(prep.targets > 0, np.log(np.maximum(prep.targets, 1)) + math.log(prep.lr), -np.inf)
+    k_final = np.asarray(state.k).astype(np.int64)
+    ok = np.asarray(state.ok)
+    results = tuple(
+        RESULTS.successful if o else RESULTS.nonfinite for o in ok
+    )
+    if result is RESULTS.interrupted:
+        results = tuple(RESULTS.interrupted if r.success else r for r in results)
+    log_t_final = np.array([_log_t_of(prep, int(k), float(lt)) for k, lt in zip(k_final, np.asarray(state.log_t))])
+    with np.errstate(over="ignore"):
+        ts = np.exp(log_ts)
+    stats = {
+        "num_steps": k_final,
+        "wall_time": wall_time,
+        "compile_time": compile_time,
+        "num_params": count_params(jtu.tree_map(lambda x: x[0], eqx.filter(state.params, eqx.is_array))),
+        "num_members": len(k_final),
+        "num_devices": len(jax.devices()),
+    }
+    failed = [r for r in results if not r.success]
+    return Trajectory(
+        ts=ts,
+        log_ts=log_ts,
+        metrics={name: mask(out[name]) for name in names},
+        params=None if params_hist is None else eqx.combine(jtu.tree_map(mask, params_hist), static),
+        final=eqx.combine(jtu.tree_map(np.asarray, state.params), static),
+        log_t_final=log_t_final,
+        result=failed[0] if failed else RESULTS.successful,
+        stats=stats,
+        info=_info(prep, "ensemble-descent"),
+        results=results,
+    )

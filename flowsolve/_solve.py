@@ -1,5 +1,7 @@
+import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import diffrax
 import equinox as eqx
@@ -188,6 +190,37 @@ def solve(
     non-finite values) returns with `result` saying why and everything up to the
     failure point; it does not raise.
     """
+    setup = prepare(
+        flow, model, t1, log_t1=log_t1, t0=t0, clock=clock, solver=solver, rtol=rtol,
+        atol=atol, dt0=dt0, saveat=saveat, metrics=metrics, progress=progress,
+        max_steps=max_steps,
+    )
+    out, compile_time, wall_time = compile_and_run("solve", _program, setup.args)
+    return finish(setup, jtu.tree_map(np.asarray, out), compile_time, wall_time)
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """Everything `solve` (and `fs.ensemble.solve`) resolved before compiling."""
+
+    flow: AbstractFlow
+    model: eqx.Module
+    args: tuple
+    names: tuple[str, ...]
+    static: Any
+    clock: str
+    solver: diffrax.AbstractSolver
+    solver_name: str
+    dt0_given: bool
+    num_params: int
+    info: dict
+
+
+def prepare(
+    flow, model, t1, *, log_t1, t0, clock, solver, rtol, atol, dt0, saveat, metrics,
+    progress, max_steps,
+) -> Setup:
+    """Validate `solve`'s arguments and build the compiled program's inputs."""
     if not isinstance(flow, AbstractFlow):
         raise ValueError(
             f"`flow` must be a flow such as fs.GradientFlow(problem), got {type(flow).__name__}."
@@ -248,54 +281,6 @@ def solve(
         max_steps,
         meter,
     )
-    out, compile_time, wall_time = compile_and_run("solve", _program, args)
-    out = jtu.tree_map(np.asarray, out)
-
-    # What was reached: diffrax leaves unreached save slots as inf.
-    t_final = float(out["t_final"])
-    ts_saved = out["ts_saved"]
-    reached = np.isfinite(ts_saved) & (ts_saved <= t_final)
-    saved = jtu.tree_map(lambda x: x[reached], out["saved"])
-    params_hist = saved.pop("__params__", None)
-    saved = {name: saved[name] for name in names}  # the order asked for
-    final_params = out["final"]
-    final_params = jtu.tree_map(lambda x: x[-1], final_params)
-
-    result = _DIFFRAX_TO_RESULTS.get(
-        _result_name(int(out["result"])),
-        RESULTS.solver_failed,
-    )
-    if result is not RESULTS.successful and _nonfinite(flow, final_params, t_final, clock):
-        result = RESULTS.nonfinite
-
-    s_points = ts_saved[reached]
-    if clock == "linear":
-        with np.errstate(divide="ignore"):
-            log_ts = np.log(s_points)
-            log_t_final = float(np.log(t_final)) if t_final > 0 else -math.inf
-        ts = s_points
-    else:
-        log_ts = log_expm1_np(s_points)
-        log_t_final = float(log_expm1_np(t_final))
-        with np.errstate(over="ignore"):
-            ts = np.expm1(s_points)
-
-    num_steps = int(out["num_steps"])
-    per = evals_per_step(dsolver)
-    num_vf_evals = None
-    if per is not None:
-        num_vf_evals = per[0] + per[1] * num_steps
-        if dt0 is None and is_adaptive(dsolver):
-            num_vf_evals += 2  # diffrax's automatic initial step selection
-    stats = {
-        "num_accepted_steps": int(out["num_accepted_steps"]),
-        "num_rejected_steps": int(out["num_rejected_steps"]),
-        "num_steps": num_steps,
-        "num_vf_evals": num_vf_evals,
-        "wall_time": wall_time,
-        "compile_time": compile_time,
-        "num_params": num_params,
-    }
     info = {
         "kind": "flow",
         "method": type(flow).__name__,
@@ -308,20 +293,73 @@ def solve(
         "max_steps": max_steps,
         "metrics": list(names),
     }
-    final_model = eqx.combine(final_params, static)
-    params = None
-    if params_hist is not None:
-        params = eqx.combine(params_hist, static)
+    return Setup(
+        flow=flow, model=model, args=args, names=names, static=static, clock=clock,
+        solver=dsolver, solver_name=solver_name, dt0_given=dt0 is not None,
+        num_params=num_params, info=info,
+    )
+
+
+def _clock_to_log_t(s, clock: str):
+    """`(ts, log_ts)` of clock values `s` (numpy; `t` overflows to inf, `log t` not)."""
+    s = np.asarray(s, dtype=np.float64)
+    if clock == "linear":
+        with np.errstate(divide="ignore"):
+            return s, np.log(s)
+    with np.errstate(over="ignore"):
+        return np.expm1(s), log_expm1_np(s)
+
+
+def _vf_evals(setup: Setup, num_steps):
+    per = evals_per_step(setup.solver)
+    if per is None:
+        return None
+    extra = 2 if (not setup.dt0_given and is_adaptive(setup.solver)) else 0
+    return per[0] + per[1] * num_steps + extra  # +2: automatic initial step selection
+
+
+def result_of(code: int) -> RESULTS:
+    return _DIFFRAX_TO_RESULTS.get(_result_name(int(code)), RESULTS.solver_failed)
+
+
+def finish(setup: Setup, out: dict, compile_time: float, wall_time: float) -> Trajectory:
+    """Turn the compiled program's output (numpy) into a `Trajectory`."""
+    names, static, clock = setup.names, setup.static, setup.clock
+    # What was reached: diffrax leaves unreached save slots as inf.
+    t_final = float(out["t_final"])
+    ts_saved = out["ts_saved"]
+    reached = np.isfinite(ts_saved) & (ts_saved <= t_final)
+    saved = jtu.tree_map(lambda x: x[reached], out["saved"])
+    params_hist = saved.pop("__params__", None)
+    saved = {name: saved[name] for name in names}  # the order asked for
+    final_params = jtu.tree_map(lambda x: x[-1], out["final"])
+
+    result = result_of(out["result"])
+    if result is not RESULTS.successful and _nonfinite(setup.flow, final_params, t_final, clock):
+        result = RESULTS.nonfinite
+
+    ts, log_ts = _clock_to_log_t(ts_saved[reached], clock)
+    log_t_final = float(_clock_to_log_t(t_final, clock)[1])
+    num_steps = int(out["num_steps"])
+    stats = {
+        "num_accepted_steps": int(out["num_accepted_steps"]),
+        "num_rejected_steps": int(out["num_rejected_steps"]),
+        "num_steps": num_steps,
+        "num_vf_evals": _vf_evals(setup, num_steps),
+        "wall_time": wall_time,
+        "compile_time": compile_time,
+        "num_params": setup.num_params,
+    }
     return Trajectory(
         ts=ts,
         log_ts=log_ts,
         metrics=saved,
-        params=params,
-        final=final_model,
+        params=None if params_hist is None else eqx.combine(params_hist, static),
+        final=eqx.combine(final_params, static),
         log_t_final=log_t_final,
         result=result,
         stats=stats,
-        info=info,
+        info=dict(setup.info),
     )
 
 

@@ -39,6 +39,11 @@ class Trajectory:
         reused), and for descents the number of steps taken.
     - `info`: how it was produced: kind (`"flow"`/`"descent"`), method, clock,
         solver, tolerances, requested horizon.
+    - `results`: for an ensemble (`fs.ensemble`), each member's `RESULTS`; then
+        `metrics` and `final` carry a leading member axis (metrics are NaN past
+        where a member stopped), `log_t_final` and the step counts in `stats` are
+        per-member arrays, `result` is the first failure (or success), and
+        `traj[i]` is member `i` as an ordinary trajectory.
     """
 
     ts: np.ndarray
@@ -50,10 +55,51 @@ class Trajectory:
     result: RESULTS
     stats: dict[str, Any]
     info: dict[str, Any]
+    results: tuple[RESULTS, ...] | None = None
 
     @property
     def success(self) -> bool:
+        if self.results is not None:
+            return all(r.success for r in self.results)
         return self.result.success
+
+    @property
+    def num_members(self) -> int | None:
+        """Number of ensemble members, or `None` for a single trajectory."""
+        return None if self.results is None else len(self.results)
+
+    def __len__(self) -> int:
+        if self.results is None:
+            raise TypeError("A single trajectory has no members; len() is for ensembles.")
+        return len(self.results)
+
+    def __getitem__(self, i: int) -> "Trajectory":
+        """Member `i` of an ensemble, as an ordinary trajectory."""
+        if self.results is None:
+            raise TypeError("Only ensemble trajectories (fs.ensemble) can be indexed.")
+        m = len(self.results)
+        if not -m <= i < m:
+            raise IndexError(f"member {i} out of range for an ensemble of {m}")
+        i = i % m
+        log_t_final = float(np.asarray(self.log_t_final)[i])
+        reached = self.log_ts <= log_t_final + 1e-12 * max(1.0, abs(log_t_final))
+        take = lambda x: np.asarray(x)[i][reached] if np.ndim(x) >= 2 else np.asarray(x)[i]
+        member = lambda tree: jtu.tree_map(lambda x: np.asarray(x)[i] if eqx.is_array(x) else x, tree)
+        stats = {k: (v[i].item() if isinstance(v, np.ndarray) and v.ndim == 1 else v) for k, v in self.stats.items()}
+        params = None
+        if self.params is not None:
+            params = jtu.tree_map(lambda x: np.asarray(x)[i][reached] if eqx.is_array(x) else x, self.params)
+        return Trajectory(
+            ts=self.ts[reached],
+            log_ts=self.log_ts[reached],
+            metrics={k: take(v) for k, v in self.metrics.items()},
+            params=params,
+            final=member(self.final),
+            log_t_final=log_t_final,
+            result=self.results[i],
+            stats=stats,
+            info={**self.info, "member": i},
+        )
 
     @property
     def t_final(self) -> float:
@@ -66,9 +112,15 @@ class Trajectory:
 
     def __repr__(self) -> str:
         names = ", ".join(self.metrics)
+        if self.results is not None:
+            failed = sum(not r.success for r in self.results)
+            return (
+                f"Trajectory(ensemble of {len(self.results)} × {self.info.get('method', '?')}, "
+                f"{len(self.log_ts)} points, {failed} failed, metrics=[{names}])"
+            )
         return (
             f"Trajectory({self.info.get('method', '?')}, {len(self.log_ts)} points to "
-            f"log t = {self.log_t_final:.6g}, result={self.result.name}, "
+            f"log t = {float(self.log_t_final):.6g}, result={self.result.name}, "
             f"metrics=[{names}], steps={self.stats.get('num_steps')})"
         )
 
@@ -86,6 +138,7 @@ class Trajectory:
             "result": self.result.name,
             "stats": dict(self.stats),
             "info": dict(self.info),
+            "results": None if self.results is None else [r.name for r in self.results],
         }
         try:
             data = pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
@@ -119,4 +172,7 @@ class Trajectory:
             result=RESULTS[payload["result"]],
             stats=payload["stats"],
             info=payload["info"],
+            results=None
+            if payload.get("results") is None
+            else tuple(RESULTS[r] for r in payload["results"]),
         )

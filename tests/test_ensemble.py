@@ -1,0 +1,149 @@
+"""`fs.ensemble`: one compiled solve over many members, checked against member-by-
+member solves and, on 4 forced host devices, against the unsharded ensemble."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import equinox as eqx
+import jax.random as jr
+import numpy as np
+import pytest
+
+import flowsolve as fs
+
+
+@pytest.fixture(scope="module")
+def two_layer_setup():
+    X, y = fs.datasets.two_d_nonlinear(n=30, kind="clusters", seed=0)
+    models = [fs.models.TwoLayer(X.shape[1], 12, key=jr.key(i), activation="tanh", scaling="ntk") for i in range(6)]
+    problem = fs.Problem(models[0], fs.losses.Logistic(), X, y)
+    return problem, models
+
+
+KW = dict(t1=10.0, solver="tsit5", rtol=1e-9, atol=1e-11, metrics=("loss", "param_norm"), saveat=fs.SaveAt(num=8))
+
+
+def test_ensemble_matches_member_by_member(two_layer_setup):
+    problem, models = two_layer_setup
+    flow = fs.GradientFlow(problem)
+    ens = fs.ensemble.solve(flow, models, **KW)
+    assert ens.num_members == len(models) and ens.success
+    assert ens.metrics["loss"].shape == (len(models), 8)
+    for i, m in enumerate(models):
+        single = fs.solve(flow, m, **KW)
+        member = ens[i]
+        # The same arithmetic, batched: equal to rounding (measured: bitwise).
+        np.testing.assert_allclose(member.metrics["loss"], single.metrics["loss"], rtol=1e-12)
+        np.testing.assert_allclose(member.final.hidden, single.final.hidden, rtol=1e-12, atol=1e-15)
+        assert member.stats["num_steps"] == single.stats["num_steps"]
+        assert member.result == single.result
+
+
+def test_stacked_model_and_batch_size_give_the_same_answer(two_layer_setup):
+    problem, models = two_layer_setup
+    flow = fs.GradientFlow(problem)
+    ref = fs.ensemble.solve(flow, models, **KW)
+    stacked = fs.ensemble.stack(models)
+    again = fs.ensemble.solve(flow, stacked, batch_size=4, **KW)  # 6 members → padded to 8
+    np.testing.assert_allclose(again.metrics["loss"], ref.metrics["loss"], rtol=1e-12)
+    assert again.num_members == 6
+
+
+def test_flows_varying_in_damping(two_layer_setup):
+    problem, models = two_layer_setup
+    dampings = [0.0, 0.1, 1.0]
+    flows = [fs.NaturalGradientFlow(problem, damping=lam) for lam in dampings]
+    ens = fs.ensemble.solve(flows, models[:3], t1=3.0, solver="tsit5", rtol=1e-10, atol=1e-12, metrics=("loss",))
+    for i, flow in enumerate(flows):
+        single = fs.solve(flow, models[i], t1=3.0, solver="tsit5", rtol=1e-10, atol=1e-12, metrics=("loss",))
+        # Batched eigendecompositions differ from single ones in the last bits.
+        np.testing.assert_allclose(ens[i].metrics["loss"], single.metrics["loss"], rtol=1e-8)
+    # More damping, slower descent.
+    assert ens.metrics["loss"][0, -1] < ens.metrics["loss"][1, -1] < ens.metrics["loss"][2, -1]
+
+
+def test_one_failed_member_does_not_sink_the_batch(two_layer_setup):
+    problem, models = two_layer_setup
+    flow = fs.GradientFlow(problem)
+    bad = eqx.tree_at(lambda m: m.output, models[1], models[1].output.at[0].set(np.nan))
+    ens = fs.ensemble.solve(flow, [models[0], bad, models[2]], t1=5.0, solver="tsit5", metrics=("loss",), max_steps=2000)
+    assert ens.results[0].success and ens.results[2].success
+    assert not ens.results[1].success
+    assert not ens.success and ens.result == ens.results[1]
+    assert np.all(np.isfinite(ens.metrics["loss"][[0, 2]]))
+
+
+def test_ensemble_descend_matches_single(two_layer_setup):
+    problem, models = two_layer_setup
+    ens = fs.ensemble.descend(problem, models, lr=0.5, steps=300, metrics=("loss",))
+    for i in (0, 4):
+        single = fs.descend(problem, models[i], lr=0.5, steps=300, metrics=("loss",))
+        np.testing.assert_allclose(ens[i].metrics["loss"], single.metrics["loss"], rtol=1e-12)
+        np.testing.assert_array_equal(ens[i].log_ts, single.log_ts)
+
+
+def test_ensemble_round_trips(tmp_path, two_layer_setup):
+    problem, models = two_layer_setup
+    ens = fs.ensemble.solve(fs.GradientFlow(problem), models[:2], **KW)
+    back = fs.Trajectory.load(ens.save(tmp_path / "ens.traj"))
+    assert back.results == ens.results
+    np.testing.assert_array_equal(back.metrics["loss"], ens.metrics["loss"])
+    np.testing.assert_array_equal(back[1].metrics["loss"], ens[1].metrics["loss"])
+
+
+def test_bad_ensemble_arguments(two_layer_setup):
+    problem, models = two_layer_setup
+    flow = fs.GradientFlow(problem)
+    with pytest.raises(ValueError, match="leading member axis"):
+        fs.ensemble.solve(flow, models[0], t1=1.0)
+    with pytest.raises(ValueError, match="one flow per member"):
+        fs.ensemble.solve([flow, flow], models[:3], t1=1.0)
+    other = fs.models.TwoLayer(problem.X.shape[1], 12, key=jr.key(0), activation="relu")
+    with pytest.raises(ValueError, match="non-array attribute"):
+        fs.ensemble.stack([models[0], other])
+    with pytest.raises(ValueError, match="batch_size"):
+        fs.ensemble.solve(flow, models, t1=1.0, batch_size=0)
+
+
+_SHARDED = textwrap.dedent(
+    """
+    import json, sys
+    import jax
+    jax.config.update("jax_enable_x64", True)
+    import jax.random as jr, numpy as np, flowsolve as fs
+    assert len(jax.devices()) == 4, jax.devices()
+    X, y = fs.datasets.two_d_nonlinear(n=30, kind="clusters", seed=0)
+    models = [fs.models.TwoLayer(X.shape[1], 12, key=jr.key(i), activation="tanh", scaling="ntk") for i in range(6)]
+    problem = fs.Problem(models[0], fs.losses.Logistic(), X, y)
+    flow = fs.GradientFlow(problem)
+    kw = dict(t1=10.0, solver="tsit5", rtol=1e-9, atol=1e-11, metrics=("loss",), saveat=fs.SaveAt(num=8))
+    sharded = fs.ensemble.solve(flow, models, **kw)
+    unsharded = fs.ensemble.solve(flow, models, shard=False, **kw)
+    singles = np.stack([fs.solve(flow, m, **kw).metrics["loss"] for m in models])
+    d_sharded = fs.ensemble.descend(problem, models, lr=0.5, steps=100, metrics=("loss",))
+    d_single = np.stack([fs.descend(problem, m, lr=0.5, steps=100, metrics=("loss",)).metrics["loss"] for m in models])
+    json.dump({
+        "devices": sharded.stats["num_devices"],
+        "sharded_vs_unsharded": float(np.max(np.abs(sharded.metrics["loss"] - unsharded.metrics["loss"]))),
+        "sharded_vs_singles": float(np.max(np.abs(sharded.metrics["loss"] - singles))),
+        "descend_sharded_vs_singles": float(np.max(np.abs(d_sharded.metrics["loss"] - d_single))),
+        "members": sharded.num_members,
+    }, sys.stdout)
+    """
+)
+
+
+def test_sharded_over_four_host_devices():
+    """The member axis sharded over 4 (forced) CPU devices gives the unsharded and
+    the member-by-member answers."""
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", _SHARDED], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert res["devices"] == 4 and res["members"] == 6  # 6 members padded to 8 over 4 devices
+    assert res["sharded_vs_unsharded"] <= 1e-12
+    assert res["sharded_vs_singles"] <= 1e-12
+    assert res["descend_sharded_vs_singles"] <= 1e-12
