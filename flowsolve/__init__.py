@@ -28,6 +28,7 @@ from ._problem import Problem as Problem
 from ._results import RESULTS as RESULTS
 from ._saveat import SaveAt as SaveAt
 from ._solve import solve as solve
+from ._stop import Stop as Stop
 from ._trajectory import Trajectory as Trajectory
 
 

@@ -1,5 +1,6 @@
 import dataclasses
 import math
+import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -8,6 +9,7 @@ import equinox as eqx
 import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
+import optimistix as optx
 
 from . import _metrics
 from ._compile import compile_and_run
@@ -23,6 +25,7 @@ from ._solver import (
     is_adaptive,
     resolve_solver,
 )
+from ._stop import Stop
 from ._trajectory import Trajectory
 
 
@@ -95,7 +98,7 @@ def horizon(t0, t1, log_t1, clock: str) -> tuple[float, float, float]:
 def _program(args):
     """The compiled body of `solve`: one diffeqsolve saving metrics at the save points."""
     (term, solver, controller, y0, s0, s1, dt0, s_save, problem, static, names, fns,
-     save_params, max_steps, meter) = args
+     save_params, max_steps, meter, stop_log_loss) = args
 
     def save_fn(t, y, _):
         model = eqx.combine(y, static)
@@ -110,6 +113,15 @@ def _program(args):
             diffrax.SubSaveAt(t1=True),
         ]
     )
+    event = None
+    if stop_log_loss is not None:
+        # Stopping rule: end the solve where log L crosses the target, located by a
+        # root find on the step's dense output (a stiff solver's steps may span
+        # hundreds of units of log t, so "the first step past it" is not enough).
+        def crossing(t, y, args, **kwargs):
+            return problem.log_loss(eqx.combine(y, static)) - stop_log_loss
+
+        event = diffrax.Event(crossing, root_finder=optx.Newton(rtol=1e-10, atol=1e-10))
     sol = diffrax.diffeqsolve(
         term,
         solver,
@@ -122,6 +134,7 @@ def _program(args):
         max_steps=max_steps,
         throw=False,
         progress_meter=meter,
+        event=event,
     )
     saved, final = sol.ys
     ts_saved, ts_final = sol.ts
@@ -153,6 +166,9 @@ def solve(
     metrics: Sequence[str | Callable] | Mapping[str, Callable] | None = ("loss", "log_loss"),
     progress: bool = False,
     max_steps: int = 100_000,
+    stop: Stop | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int = 10,
 ) -> Trajectory:
     r"""Integrate a flow from the initial model θ0 to a horizon.
 
@@ -182,7 +198,15 @@ def solve(
         or a dict name → callable; computed at the save points inside the solve.
     - `progress`: show a progress bar in the clock's own units.
     - `max_steps`: the most steps the integrator may take (memory does not grow
-        with it).
+        with it); per chunk when the solve runs in chunks.
+    - `stop`: a `fs.Stop`: end early when the loss falls below a target or a metric
+        plateaus; `info["stopped_by"]` says which rule ended the solve.
+    - `checkpoint`: a file path. The solve then runs in chunks of
+        `checkpoint_every` save points and writes its state after each; calling
+        `solve` again with the same arguments and path resumes from the last chunk
+        written (after an interruption, a crash or a failure) and yields the same
+        final state as an uninterrupted run, bitwise on CPU. Ctrl-C returns the
+        trajectory so far (`RESULTS.interrupted`).
 
     **Returns:**
 
@@ -190,11 +214,22 @@ def solve(
     non-finite values) returns with `result` saying why and everything up to the
     failure point; it does not raise.
     """
+    if stop is not None and not isinstance(stop, Stop):
+        raise ValueError(f"`stop` must be a fs.Stop, got {type(stop).__name__}.")
     setup = prepare(
         flow, model, t1, log_t1=log_t1, t0=t0, clock=clock, solver=solver, rtol=rtol,
         atol=atol, dt0=dt0, saveat=saveat, metrics=metrics, progress=progress,
-        max_steps=max_steps,
+        max_steps=max_steps, stop=stop,
     )
+    if stop is not None and stop.metric is not None and stop.metric not in setup.names:
+        raise ValueError(
+            f"`Stop(metric={stop.metric!r})` watches a metric that is not recorded; add "
+            f"it to `metrics=` (recorded: {list(setup.names)})."
+        )
+    if checkpoint is not None or (stop is not None and stop.metric is not None):
+        from ._chunked import solve_chunked
+
+        return solve_chunked(setup, stop, checkpoint, checkpoint_every)
     out, compile_time, wall_time = compile_and_run("solve", _program, setup.args)
     return finish(setup, jtu.tree_map(np.asarray, out), compile_time, wall_time)
 
@@ -218,7 +253,7 @@ class Setup:
 
 def prepare(
     flow, model, t1, *, log_t1, t0, clock, solver, rtol, atol, dt0, saveat, metrics,
-    progress, max_steps,
+    progress, max_steps, stop=None,
 ) -> Setup:
     """Validate `solve`'s arguments and build the compiled program's inputs."""
     if not isinstance(flow, AbstractFlow):
@@ -280,6 +315,8 @@ def prepare(
         bool(saveat.params),
         max_steps,
         meter,
+        None if stop is None or stop.log_target is None
+        else jnp.asarray(stop.log_target, float_dtype),
     )
     info = {
         "kind": "flow",
@@ -292,6 +329,7 @@ def prepare(
         "log_t1": log_t1_val,
         "max_steps": max_steps,
         "metrics": list(names),
+        "stopped_by": "horizon",
     }
     return Setup(
         flow=flow, model=model, args=args, names=names, static=static, clock=clock,
@@ -334,9 +372,14 @@ def finish(setup: Setup, out: dict, compile_time: float, wall_time: float) -> Tr
     saved = {name: saved[name] for name in names}  # the order asked for
     final_params = jtu.tree_map(lambda x: x[-1], out["final"])
 
-    result = result_of(out["result"])
-    if result is not RESULTS.successful and _nonfinite(setup.flow, final_params, t_final, clock):
+    result = out.get("result_override") or result_of(out["result"])
+    if not result.success and result is not RESULTS.interrupted and _nonfinite(
+        setup.flow, final_params, t_final, clock
+    ):
         result = RESULTS.nonfinite
+    info = dict(setup.info)
+    if result is RESULTS.event_occurred:
+        info["stopped_by"] = out.get("stopped_by", "loss")
 
     ts, log_ts = _clock_to_log_t(ts_saved[reached], clock)
     log_t_final = float(_clock_to_log_t(t_final, clock)[1])
@@ -359,7 +402,7 @@ def finish(setup: Setup, out: dict, compile_time: float, wall_time: float) -> Tr
         log_t_final=log_t_final,
         result=result,
         stats=stats,
-        info=dict(setup.info),
+        info=info,
     )
 
 

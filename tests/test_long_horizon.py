@@ -1,0 +1,131 @@
+"""Stopping rules, checkpoint/resume and long log-clock horizons for homogeneous
+networks."""
+
+import jax.random as jr
+import numpy as np
+import pytest
+from helpers import separable_data
+
+import flowsolve as fs
+import flowsolve._chunked as chunked
+
+
+@pytest.fixture(scope="module")
+def logistic():
+    X, y = separable_data(n=60, d=10, seed=0)
+    problem = fs.Problem(fs.models.Linear(10), fs.losses.Logistic(), X, y)
+    return fs.GradientFlow(problem)
+
+
+KW = dict(log_t1=1000.0, clock="log", metrics=("log_loss", "margin"), saveat=fs.SaveAt(num=40))
+
+
+def test_stop_when_the_loss_falls_below_a_target_past_float64(logistic):
+    sol = fs.solve(logistic, stop=fs.Stop(log_loss_below=-300.0), **KW)
+    assert sol.result == fs.RESULTS.event_occurred and sol.success
+    assert sol.info["stopped_by"] == "loss"
+    assert sol.log_t_final < 1000.0
+    # The crossing is located on the dense output; log L ≈ −log t + O(1) puts it
+    # near log t ≈ 300.
+    final_log_loss = float(fs.metrics.log_loss(logistic.problem, sol.final))
+    assert 250.0 < sol.log_t_final < 400.0
+    assert final_log_loss == pytest.approx(-300.0, abs=1e-3)  # located by root finding
+    full = fs.solve(logistic, **KW)
+    assert full.info["stopped_by"] == "horizon" and full.result == fs.RESULTS.successful
+
+
+def test_stop_when_a_metric_plateaus(logistic):
+    stop = fs.Stop(metric="margin", rtol=1e-3, over=100.0)
+    sol = fs.solve(logistic, stop=stop, **KW)
+    assert sol.info["stopped_by"] == "plateau"
+    assert sol.result == fs.RESULTS.event_occurred
+    m = sol.metrics["margin"]
+    window = np.log1p(np.exp(np.minimum(sol.log_ts, 700))) >= np.log1p(np.exp(min(sol.log_t_final, 700))) - 100.0
+    assert np.max(np.abs(m[window] - m[-1])) <= 1e-3 * abs(m[-1])
+    assert sol.log_t_final < 1000.0
+
+
+def test_checkpoint_resume_after_interrupt_is_bitwise_identical(logistic, tmp_path, monkeypatch):
+    reference = fs.solve(logistic, checkpoint=tmp_path / "a.ckpt", **KW)
+    assert reference.result == fs.RESULTS.successful
+
+    calls = {"n": 0}
+    real = chunked.compile_and_run
+
+    def interrupt_on_third(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(chunked, "compile_and_run", interrupt_on_third)
+    partial = fs.solve(logistic, checkpoint=tmp_path / "b.ckpt", **KW)
+    assert partial.result == fs.RESULTS.interrupted
+    assert 0 < len(partial.log_ts) < len(reference.log_ts)  # kept what it had
+    monkeypatch.setattr(chunked, "compile_and_run", real)
+
+    resumed = fs.solve(logistic, checkpoint=tmp_path / "b.ckpt", **KW)
+    assert resumed.result == fs.RESULTS.successful
+    np.testing.assert_array_equal(resumed.final.weight, reference.final.weight)
+    for name in reference.metrics:
+        np.testing.assert_array_equal(resumed.metrics[name], reference.metrics[name])
+    np.testing.assert_array_equal(resumed.log_ts, reference.log_ts)
+
+
+def test_failed_run_resumes_with_more_steps(logistic, tmp_path):
+    reference = fs.solve(logistic, checkpoint=tmp_path / "ref.ckpt", solver="tsit5", **{**KW, "log_t1": 60.0})
+    failed = fs.solve(logistic, checkpoint=tmp_path / "run.ckpt", solver="tsit5", max_steps=150,
+                      **{**KW, "log_t1": 60.0})
+    assert failed.result == fs.RESULTS.max_steps_reached
+    resumed = fs.solve(logistic, checkpoint=tmp_path / "run.ckpt", solver="tsit5", **{**KW, "log_t1": 60.0})
+    assert resumed.result == fs.RESULTS.successful
+    np.testing.assert_array_equal(resumed.final.weight, reference.final.weight)
+
+
+def test_checkpoint_of_another_solve_is_refused(logistic, tmp_path):
+    path = tmp_path / "x.ckpt"
+    fs.solve(logistic, checkpoint=path, **{**KW, "log_t1": 50.0})
+    with pytest.raises(ValueError, match="different solve"):
+        fs.solve(logistic, checkpoint=path, **{**KW, "log_t1": 60.0})
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a flowsolve checkpoint"):
+        fs.solve(logistic, checkpoint=path, **{**KW, "log_t1": 50.0})
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(), "needs"),
+        (dict(loss_below=-1.0), "positive"),
+        (dict(loss_below=1e-3, log_loss_below=-5.0), "not both"),
+        (dict(metric="margin", rtol=0.0), "positive"),
+    ],
+)
+def test_bad_stop(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        fs.Stop(**kwargs)
+
+
+def test_stop_metric_must_be_recorded(logistic):
+    with pytest.raises(ValueError, match="not recorded"):
+        fs.solve(logistic, stop=fs.Stop(metric="param_norm"), **KW)
+
+
+@pytest.mark.parametrize("arch", ["deep_linear", "diagonal"])
+def test_homogeneous_margins_keep_increasing_to_log_t_1000(arch):
+    """Lyu & Li: the normalised margin of a homogeneous network keeps increasing
+    (here: non-decreasing to solver accuracy) and stays finite at s ≥ 1000."""
+    X, y = separable_data(n=20, d=4, seed=5)
+    if arch == "deep_linear":
+        model = fs.models.DeepLinear(4, depth=2, width=3, key=jr.key(0), init_scale=0.5)
+    else:
+        model = fs.models.DiagonalLinear(4, depth=3, init_scale=0.5)
+    problem = fs.Problem(model, fs.losses.Logistic(), X, y)
+    sol = fs.solve(fs.GradientFlow(problem), model, log_t1=1000.0, clock="log",
+                   metrics=("log_loss", "homogeneous_margin", "margin"), saveat=fs.SaveAt(num=40))
+    assert sol.result == fs.RESULTS.successful
+    for name, values in sol.metrics.items():
+        assert np.all(np.isfinite(values)), name
+    late = sol.metrics["homogeneous_margin"][10:]
+    assert np.all(np.diff(late) >= -1e-8 * np.abs(late[1:]))
+    assert sol.metrics["log_loss"][-1] < -900
