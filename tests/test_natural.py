@@ -275,3 +275,16 @@ def test_dense_refused_when_it_would_not_fit():
     with pytest.raises(ValueError, match="GiB"):
         fs.NaturalGradientFlow(problem, solve="dense")
     assert fs.NaturalGradientFlow(problem).solve == "gram"
+
+
+def test_cg_that_misses_its_tolerance_is_reported_not_followed():
+    X, y = separable_data(n=10, d=3, seed=9)
+    model = fs.models.TwoLayer(3, 8, key=jr.key(5), activation="tanh")
+    problem = fs.Problem(model, fs.losses.Logistic(), X, y)
+    flow = fs.NaturalGradientFlow(problem, solve="cg", cg_max_steps=2)
+    params = eqx.filter(model, eqx.is_inexact_array)
+    v, info = eqx.filter_jit(flow.direction_with_info)(params)
+    assert not bool(info["cg_converged"])
+    assert np.all(np.isnan(ravel_pytree(v)[0]))
+    sol = fs.solve(flow, model, t1=1.0, solver="tsit5", metrics=("loss",))
+    assert not sol.success and sol.result in (fs.RESULTS.nonfinite, fs.RESULTS.step_size_too_small)

@@ -128,7 +128,8 @@ def _cg_direction(predict, theta, w: _Weights, mu, rtol, atol, max_steps):
     where that fails (a rank-deficient Jacobian makes the system inconsistent), to
     CG on the p-space normal equations Jᵀ H̃ J v = −Jᵀ g̃ started from 0, whose
     iterates stay in range(Jᵀ) and so converge to the minimum-norm solution.
-    Returns the direction and the total number of CG iterations.
+    Returns the direction, the total number of CG iterations and whether CG met
+    its tolerance.
     """
     _, jvp_fn = jax.linearize(predict, theta)
     vjp_fn = jax.linear_transpose(jvp_fn, theta)
@@ -150,19 +151,19 @@ def _cg_direction(predict, theta, w: _Weights, mu, rtol, atol, max_steps):
         return sol.value, sol.stats["num_steps"], ok
 
     def normal_equations(steps_before):
-        v, steps, _ = cg(lambda v: jt(w.h_tilde * jvp_fn(v)), -jt(w.g_tilde), p_struct)
-        return v, steps_before + steps
+        v, steps, ok = cg(lambda v: jt(w.h_tilde * jvp_fn(v)), -jt(w.g_tilde), p_struct)
+        return v, steps_before + steps, ok
 
     def undamped(_):
         if n > theta.size:  # J cannot have full row rank: go straight to p-space
             return normal_equations(0)
         a, steps, ok = cg(lambda z: jvp_fn(jt(z)), w.ratio, n_struct)
-        return jax.lax.cond(ok, lambda s: (-jt(a), s), normal_equations, steps)
+        return jax.lax.cond(ok, lambda s: (-jt(a), s, ok), normal_equations, steps)
 
     def damped(_):
         mv = lambda z: w.sqrt_h * jvp_fn(jt(w.sqrt_h * z)) + mu * z
-        yv, steps, _ = cg(mv, w.g_over_sqrt_h, n_struct)
-        return -jt(w.sqrt_h * yv), steps
+        yv, steps, ok = cg(mv, w.g_over_sqrt_h, n_struct)
+        return -jt(w.sqrt_h * yv), steps, ok
 
     return jax.lax.cond(mu > 0, damped, undamped, None)
 
@@ -293,10 +294,15 @@ class NaturalGradientFlow(AbstractFlow):
         if self.solve == "cg":
             f = predict(theta)
             w = _weights(problem, f, self.fisher)
-            v, steps = _cg_direction(
+            v, steps, ok = _cg_direction(
                 predict, theta, w, mu, self.cg_rtol, self.cg_atol, self.cg_max_steps
             )
             info["cg_steps"] = steps
+            info["cg_converged"] = ok
+            # A CG solve that missed its tolerance is not a natural-gradient direction:
+            # make it NaN, so a solve reports the failure (RESULTS) instead of silently
+            # following a wrong field. Raise `cg_max_steps`, add damping, or use "gram".
+            v = jnp.where(ok, v, jnp.nan)
         else:
             def single(th, x):
                 return eqx.combine(unravel(th), static)(x)
