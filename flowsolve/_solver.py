@@ -33,7 +33,13 @@ def _newton():
     # Newton iterations with the step-size controller's rtol/atol: the combination
     # measured to keep implicit log-clock solves at a near-constant step count
     # (diffrax's default chord iteration rejects about half of its steps there).
-    return diffrax.with_stepsize_controller_tols(optx.Newton)()
+    # Convergence is judged from the contraction rate of the iterates, not by the
+    # residual against `atol` ("Cauchy" termination): on the log clock the state
+    # grows like log t, and once rounding noise in the residual (~eps·|θ|) exceeds
+    # atol the residual test can never pass. Measured on the 200 × 50 logistic
+    # problem: with the residual test Kvaerno5 stalls near log t ≈ 7e4 (rtol 1e-8);
+    # with the rate test it takes 199–210 steps at every horizon up to log t = 1e6.
+    return diffrax.with_stepsize_controller_tols(optx.Newton)(cauchy_termination=False)
 
 
 def resolve_solver(solver, *, clock: str, num_params: int) -> tuple[diffrax.AbstractSolver, str]:
