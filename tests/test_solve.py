@@ -221,11 +221,13 @@ def test_log_clock_step_count_is_bounded_by_an_implicit_solver(svm_problem):
     problem, _ = svm_problem
     flow = fs.GradientFlow(problem)
     steps = {}
-    for log_t1 in (100.0, 10000.0):
+    for log_t1 in (100.0, 10000.0, 1e6):
         sol = fs.solve(flow, log_t1=log_t1, clock="log", solver="kvaerno5", metrics=("margin",),
                        saveat=fs.SaveAt(num=20))
+        assert sol.result == fs.RESULTS.successful, (log_t1, sol.result)
         steps[log_t1] = sol.stats["num_steps"]
-    assert steps[10000.0] <= 2 * steps[100.0], steps
+    # Measured 181, 206, 210 steps.
+    assert steps[1e6] <= 2 * steps[100.0], steps
 
 
 # ---------------------------------------------------------------------------
