@@ -29,23 +29,3 @@ def safe_divide(num: ArrayLike, den: ArrayLike) -> Array:
     den = jnp.asarray(den)
     nonzero = den != 0
     return jnp.where(nonzero, num / jnp.where(nonzero, den, 1.0), 0.0)
-
-
-def log1p_exp_offset(log_t: ArrayLike) -> Array:
-    """`log(1 + e^{log_t})` without overflow: the log clock `s` of a time `t = e^{log_t}`."""
-    log_t = jnp.asarray(log_t)
-    return jnp.logaddexp(0.0, log_t)
-
-
-def log_expm1(s: ArrayLike) -> Array:
-    """`log(e^s - 1)` for `s >= 0` without overflow: `log t` of the log-clock value `s`.
-
-    Exact to rounding for all `s > 0`; `-inf` at `s = 0` (that is, `t = 0`).
-    """
-    s = jnp.asarray(s)
-    big = s > 1.0
-    s_big = jnp.where(big, s, 2.0)
-    s_small = jnp.where(big, 1.0, s)
-    return jnp.where(
-        big, s_big + jnp.log(-jnp.expm1(-s_big)), jnp.log(jnp.expm1(s_small))
-    )

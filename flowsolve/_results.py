@@ -37,8 +37,3 @@ class RESULTS(enum.Enum):
     @property
     def success(self) -> bool:
         return self in (RESULTS.successful, RESULTS.event_occurred)
-
-
-# Integer codes, for results computed inside compiled (and vmapped) code.
-_CODES = {r: i for i, r in enumerate(RESULTS)}
-_FROM_CODE = {i: r for r, i in _CODES.items()}
