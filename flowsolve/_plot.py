@@ -13,6 +13,7 @@ the plots work headless.
 
 import math
 import numbers
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -309,10 +310,28 @@ def convergence(
             if metric == "loss":
                 y = np.where(y > 0, y, np.nan)
         x, keep = _time_data(traj, mode)
+        color = None if single else f"C{i % 10}"
+        if traj.num_members is not None:
+            # An ensemble: the median over members, with their min–max range shaded.
+            if y.ndim != 2:
+                raise ValueError(
+                    f"Metric {metric!r} has several components per member; plot one "
+                    "member with `traj[i]`."
+                )
+            y = np.moveaxis(y, 0, 1)[keep]  # (T, members)
+            if x.size == 0:
+                continue
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns
+                med = np.nanmedian(y, axis=1)
+                lo, hi = np.nanmin(y, axis=1), np.nanmax(y, axis=1)
+            (line,) = ax.plot(x, med, color=color, linewidth=1.8,
+                              label=f"{name} (median, range of {traj.num_members})")
+            ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
+            continue
         y = y.reshape(y.shape[0], -1)[keep]
         if x.size == 0:
             continue
-        color = None if single else f"C{i % 10}"
         k = y.shape[1]
         for j in range(k):
             if k == 1:

@@ -246,3 +246,18 @@ def test_headless_without_pyplot(tmp_path):
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
     assert (tmp_path / "h.png").stat().st_size > 1000
+
+
+def test_ensemble_is_drawn_as_median_and_range():
+    import jax.random as jr
+
+    X, y = fs.datasets.separable_gaussian(n=20, d=3, seed=0)
+    models = [fs.models.Linear(3, key=jr.key(i), init_scale=0.5) for i in range(4)]
+    problem = fs.Problem(models[0], fs.losses.Logistic(), X, y)
+    ens = fs.ensemble.solve(fs.GradientFlow(problem), models, t1=10.0, solver="tsit5",
+                            metrics=("margin",), saveat=fs.SaveAt(num=6))
+    fig, ax = fs.plot.convergence(ens, "margin")
+    (line,) = [ln for ln in ax.lines if "median" in str(ln.get_label())]
+    keep = ens.ts > 0  # t = 0 is dropped on the log axis
+    np.testing.assert_allclose(line.get_ydata(), np.median(ens.metrics["margin"][:, keep], axis=0))
+    assert len(ax.collections) == 1  # the shaded min–max band
