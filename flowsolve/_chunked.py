@@ -6,6 +6,7 @@ import os
 import pickle
 from pathlib import Path
 
+import diffrax
 import equinox as eqx
 import jax.numpy as jnp
 import jax.tree_util as jtu
@@ -93,6 +94,16 @@ def solve_chunked(setup: Setup, stop, checkpoint, every: int):
         y, done, pieces, counts = saved["y"], saved["done"], saved["pieces"], saved["counts"]
         times["wall"] = saved.get("wall", 0.0)
 
+    # Progress across chunks is shown on the host, chunk by chunk (the in-solve bar
+    # would only see one chunk's span).
+    bar = None
+    if not isinstance(args[14], diffrax.NoProgressMeter):
+        import tqdm
+
+        label = "t" if setup.clock == "linear" else "log(1+t)"
+        bar = tqdm.tqdm(total=s_end - s_start, desc=f"flowsolve ({label})", unit=label)
+        bar.n = bounds[done] - s_start
+        args[14] = diffrax.NoProgressMeter()
     result, stopped_by, t_final = RESULTS.successful, "horizon", bounds[done]
     try:
         for c in range(done, n_chunks):
@@ -115,6 +126,9 @@ def solve_chunked(setup: Setup, stop, checkpoint, every: int):
                 jtu.tree_map(lambda x, keep=keep, m=pts.size: x[:m][keep], out["saved"]),
             ))
             y = jtu.tree_map(lambda x: x[-1], out["final"])
+            if bar is not None:
+                bar.n = t_final - s_start
+                bar.refresh()
             r = result_of(out["result"])
             if r is not RESULTS.successful:
                 result, stopped_by = r, "loss" if r is RESULTS.event_occurred else "failure"
@@ -133,6 +147,9 @@ def solve_chunked(setup: Setup, stop, checkpoint, every: int):
                     break
     except KeyboardInterrupt:
         result, stopped_by = RESULTS.interrupted, "interrupted"
+    finally:
+        if bar is not None:
+            bar.close()
 
     if pieces:
         ts_saved = np.concatenate([p[0] for p in pieces])
