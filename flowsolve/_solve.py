@@ -19,11 +19,13 @@ from ._problem import _warn_if_float32
 from ._results import RESULTS
 from ._saveat import SaveAt
 from ._solver import (
+    AUTO_IMPLICIT_MAX_PARAMS,
     CollapseGuard,
     count_params,
     evals_per_step,
     is_adaptive,
     resolve_solver,
+    spectral_radius,
 )
 from ._stop import Stop
 from ._trajectory import Trajectory
@@ -276,7 +278,15 @@ def prepare(
     y0, static = eqx.partition(model, eqx.is_inexact_array)
     _warn_if_float32(jnp.result_type(*jtu.tree_leaves(y0)))
     num_params = count_params(y0)
-    dsolver, solver_name = resolve_solver(solver, clock=clock, num_params=num_params)
+    stiffness = None
+    if (
+        isinstance(solver, str) and solver.lower() == "auto" and clock == "linear"
+        and num_params <= AUTO_IMPLICIT_MAX_PARAMS
+    ):
+        stiffness = spectral_radius(flow.term(clock), s0, y0) * (s1 - s0)
+    dsolver, solver_name = resolve_solver(
+        solver, clock=clock, num_params=num_params, stiffness=stiffness
+    )
     if is_adaptive(dsolver):
         controller = CollapseGuard(
             diffrax.PIDController(rtol=jnp.asarray(rtol), atol=jnp.asarray(atol))
@@ -324,6 +334,7 @@ def prepare(
         "model": type(model).__name__,
         "clock": clock,
         "solver": solver_name,
+        "stiffness": stiffness,
         "rtol": rtol,
         "atol": atol,
         "log_t1": log_t1_val,

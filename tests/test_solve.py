@@ -421,3 +421,30 @@ def test_bad_data(X, y, match):
 def test_flow_type_checked():
     with pytest.raises(ValueError, match="GradientFlow"):
         fs.solve("gradient", t1=1.0)
+
+
+def test_auto_detects_stiffness_on_the_linear_clock():
+    """Quadratic flow with Hessian eigenvalues 1e-3 … 1e3 over t = 1e4: the JVP power
+    iteration finds ρ = 1e3, so an explicit solver would need ~3e6 steps for
+    stability; "auto" goes implicit and matches the closed form. A mild logistic
+    problem stays explicit."""
+    rng = np.random.default_rng(0)
+    d = 6
+    Q, _ = np.linalg.qr(rng.normal(size=(d, d)))
+    R, _ = np.linalg.qr(rng.normal(size=(d, d)))
+    X = np.sqrt(d) * (Q * np.logspace(-1.5, 1.5, d)) @ R
+    y = rng.normal(size=d)
+    w0 = rng.normal(size=d)
+    A = X.T @ X / d
+    w_star = np.linalg.solve(A, X.T @ y / d)
+    model = fs.models.Linear(d, weight=w0)
+    problem = fs.Problem(model, fs.losses.Squared(), X, y)
+    sol = fs.solve(fs.GradientFlow(problem), model, t1=1e4, rtol=1e-10, atol=1e-12, metrics=("loss",))
+    assert sol.info["solver"] == "kvaerno5"
+    assert sol.info["stiffness"] == pytest.approx(1e3 * 1e4, rel=1e-3)
+    assert sol.result == fs.RESULTS.successful and sol.stats["num_steps"] < 2000
+    exact = w_star + scipy.linalg.expm(-1e4 * A) @ (w0 - w_star)
+    np.testing.assert_allclose(sol.final.weight, exact, atol=1e-7)
+    X2, y2 = separable_data(n=50, d=5, seed=0)
+    mild = fs.Problem(fs.models.Linear(5), fs.losses.Logistic(), X2, y2)
+    assert fs.solve(fs.GradientFlow(mild), t1=100.0, metrics=("loss",)).info["solver"] == "tsit5"
