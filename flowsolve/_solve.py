@@ -430,8 +430,12 @@ def _nonfinite(flow, params, s_end, clock) -> bool:
     leaves = jtu.tree_leaves(params)
     if not all(np.all(np.isfinite(x)) for x in leaves):
         return True
-    term = flow.term(clock)
-    vf = eqx.filter_jit(lambda p: term.vf(jnp.asarray(s_end), p, None))(
-        jtu.tree_map(jnp.asarray, params)
-    )
+    vf = _vf_at(flow.term(clock), jnp.asarray(s_end), jtu.tree_map(jnp.asarray, params))
     return not all(bool(jnp.all(jnp.isfinite(x))) for x in jtu.tree_leaves(vf))
+
+
+@eqx.filter_jit
+def _vf_at(term, s, params):
+    # Module-level so the check compiles once per structure, not once per failed
+    # solve (or per failed ensemble member).
+    return term.vf(s, params, None)
