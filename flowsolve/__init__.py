@@ -6,7 +6,10 @@ adaptive explicit and implicit solvers over horizons no fixed-step loop reaches
 optimizers on the quantities the implicit-bias literature cares about.
 """
 
-from importlib.metadata import PackageNotFoundError, version as _version
+from importlib.metadata import (
+    PackageNotFoundError as _PackageNotFoundError,
+    version as _version,
+)
 
 from . import (
     datasets as datasets,
@@ -34,5 +37,5 @@ from ._trajectory import Trajectory as Trajectory
 
 try:
     __version__ = _version("flowsolve")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
+except _PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0"

@@ -419,7 +419,7 @@ def min_nuclear_norm_completion(shape: Any, X: Any, y: Any) -> np.ndarray:
 
     - `shape`: `(m, n)`.
     - `X`: integer index pairs `(i, j)`, shape `(k, 2)`, as from
-        [`low_rank_completion`][].
+        [`fs.datasets.low_rank_completion`][flowsolve.datasets.low_rank_completion].
     - `y`: observed values, shape `(k,)`.
 
     **Returns:**
@@ -485,7 +485,7 @@ def min_nuclear_norm_sensing(shape: Any, X: Any, y: Any) -> np.ndarray:
 
     - `shape`: `(m, n)`.
     - `X`: measurement matrices flattened row-major, shape `(k, m * n)`
-        (`A_k = X[k].reshape(shape)`), as from [`low_rank_sensing`][].
+        (`A_k = X[k].reshape(shape)`), as from [`fs.datasets.low_rank_sensing`][flowsolve.datasets.low_rank_sensing].
     - `y`: measurements, shape `(k,)`.
 
     **Returns:**

@@ -1,0 +1,92 @@
+"""The documentation covers the public API: every public name has an entry in the
+API reference (docs/api/*.md, mkdocstrings `::: name` blocks), every entry names
+something that exists, and every page in the mkdocs nav exists. The site itself
+is built with `mkdocs build --strict` in CI (.ci/run)."""
+
+import pathlib
+import re
+import types
+
+import pytest
+
+import flowsolve as fs
+
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+NAMESPACES = ("datasets", "ensemble", "losses", "metrics", "models", "plot", "reference")
+
+
+def _public(module) -> set[str]:
+    names = getattr(module, "__all__", None)
+    if names is None:
+        names = [
+            n
+            for n in dir(module)
+            if not n.startswith("_") and not isinstance(getattr(module, n), types.ModuleType)
+        ]
+    return set(names)
+
+
+def public_names() -> set[str]:
+    names = {f"flowsolve.{n}" for n in _public(fs)}
+    for ns in NAMESPACES:
+        assert isinstance(getattr(fs, ns), types.ModuleType), ns
+        names |= {f"flowsolve.{ns}.{n}" for n in _public(getattr(fs, ns))}
+    return names
+
+
+def documented_names() -> set[str]:
+    found = set()
+    for page in sorted((DOCS / "api").glob("*.md")):
+        found |= set(re.findall(r"^:::\s+(flowsolve(?:\.\w+)+)\s*$", page.read_text(), re.M))
+    return found
+
+
+def test_every_public_name_is_in_the_api_reference():
+    missing = sorted(public_names() - documented_names())
+    assert not missing, (
+        "public names without an entry in docs/api/*.md (add a `::: name` line): "
+        + ", ".join(missing)
+    )
+
+
+def test_every_api_entry_exists():
+    def resolve(dotted: str):
+        obj = fs
+        for part in dotted.split(".")[1:]:
+            obj = getattr(obj, part)
+        return obj
+
+    stale = []
+    for name in sorted(documented_names()):
+        try:
+            resolve(name)
+        except AttributeError:
+            stale.append(name)
+    assert not stale, f"docs/api entries naming nothing: {stale}"
+
+
+def test_namespaces_are_complete():
+    # A name in a public namespace that the package does not re-export from its
+    # private module would be documented but unusable; and `dir()` of each
+    # namespace must not leak private helpers under public names.
+    for ns in NAMESPACES:
+        mod = getattr(fs, ns)
+        for name in _public(mod):
+            assert hasattr(mod, name), f"fs.{ns}.__all__ lists {name!r} but it is missing"
+
+
+def test_nav_pages_exist():
+    text = (ROOT / "mkdocs.yml").read_text()
+    pages = re.findall(r":\s+([\w./-]+\.md)\s*$", text, re.M)
+    assert len(pages) >= 10, pages
+    missing = [p for p in pages if not (DOCS / p).is_file()]
+    assert not missing, f"mkdocs.yml nav names missing pages: {missing}"
+
+
+@pytest.mark.parametrize("page", ["index.md", "getting-started.md", "science.md"])
+def test_pages_link_to_existing_files(page):
+    text = (DOCS / page).read_text()
+    for target in re.findall(r"\]\(([^)#:]+\.(?:md|png))(?:#[^)]*)?\)", text):
+        assert (DOCS / page).parent.joinpath(target).resolve().is_file(), (page, target)
