@@ -238,7 +238,7 @@ def _demo(args: argparse.Namespace) -> int:
     print()
 
     labels = [f"{row['model']}, GF ({row['solver']})" for row in rows]
-    fig = fs.plot.overview(
+    fig, axes = fs.plot.overview(
         sols,
         metrics=("log_loss", "margin", "margin_gap"),
         reference=svm,
@@ -250,7 +250,7 @@ def _demo(args: argparse.Namespace) -> int:
     )
     # The margin panel: zoom in on the approach to γ*; the early, strongly
     # negative margins of a small random initialisation would flatten it.
-    margin_ax = fig.axes[1]
+    margin_ax = axes[1]
     lo, hi = margin_ax.get_ylim()
     margin_ax.set_ylim(max(lo, -svm_margin), hi)
     png = out / "demo.png"

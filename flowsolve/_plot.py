@@ -26,6 +26,10 @@ from ._trajectory import Trajectory
 _LN10 = math.log(10.0)
 #: Past this `log t`, matplotlib's log axis stops working: plot `log10 t` linearly.
 _LOG_AXIS_MAX_LOG_T = math.log(1e250)
+#: A log y axis is used while every positive value lies within [1/_LOG_AXIS_MAX,
+#: _LOG_AXIS_MAX]; beyond, matplotlib's log axis breaks and log10 values are
+#: drawn on a linear axis instead.
+_LOG_AXIS_MAX = 1e250
 #: Below this, a loss value has (nearly) underflowed: plot `log10 L` from `log_loss`.
 _UNDERFLOW = 1e-300
 
@@ -33,6 +37,13 @@ _LABEL_SIZE = 11
 _TICK_SIZE = 10
 _LEGEND_SIZE = 9
 _TITLE_SIZE = 12
+_LINEWIDTH = 1.8
+#: Flows are drawn solid, discrete optimisers dash-dotted (they often sit on top of
+#: the flow they discretise), references dashed grey.
+_DESCENT_STYLE = "-."
+_REFERENCE_STYLE = "--"
+#: `Line2D.get_gid()` of reference lines, so they can be told apart from data.
+REFERENCE_GID = "reference"
 
 _YLABELS = {
     "loss": "loss",
@@ -46,7 +57,15 @@ _YLABELS = {
     "effective_rank": "effective rank",
     "conserved": "conserved quantities",
     "conserved_scale": "conserved-quantity scale",
+    "margin_gap": "relative margin gap (γ* − γ) / γ*",
+    "conserved_drift": "relative drift max |c(t) − c(0)| / scale",
 }
+
+#: Metrics derived from recorded ones at plot time: name → what must be recorded.
+DERIVED = {"margin_gap": "margin", "conserved_drift": "conserved"}
+
+#: Metrics drawn on a log y axis (or as log10 values past its range).
+_LOG_Y = ("loss", "margin_gap", "singular_values", "conserved_drift")
 
 #: Metrics next to which a margin reference line makes sense (used by `overview`).
 _MARGIN_METRICS = (
@@ -56,6 +75,8 @@ _MARGIN_METRICS = (
     "smoothed_margin",
     "margin_gap",
 )
+
+_SUBSCRIPTS = str.maketrans("0123456789", "₀₁₂₃₄₅₆₇₈₉")
 
 
 def _as_list(trajectories) -> list[Trajectory]:
@@ -78,32 +99,47 @@ def _as_list(trajectories) -> list[Trajectory]:
     return out
 
 
-def _reference_value(reference) -> tuple[float, str] | None:
-    """`(value, legend label)` of a reference given as a number or as an object with
-    a `.margin` (e.g. `fs.reference.max_margin(X, y)`)."""
+def _reference_values(reference, label: str | None) -> tuple[np.ndarray, str] | None:
+    """`(values, legend label)` of a reference given as a number, a sequence of
+    numbers (e.g. reference singular values) or an object with a `.margin` (e.g.
+    `fs.reference.max_margin(X, y)`)."""
     if reference is None:
         return None
     if isinstance(reference, numbers.Real) or (
         isinstance(reference, np.ndarray) and reference.size == 1
     ):
-        value = float(reference)
-        label = f"reference = {value:.4g}"
+        values = np.array([float(reference)])
+        default = f"reference = {values[0]:.4g}"
     elif isinstance(reference, MaxMargin):
-        value = float(reference.margin)
-        label = f"max-margin (ℓ{reference.norm}) γ* = {value:.4g}"
+        values = np.array([float(reference.margin)])
+        default = f"max-margin (ℓ{reference.norm}) γ* = {values[0]:.4g}"
+    elif isinstance(reference, (Sequence, np.ndarray)) and not isinstance(
+        reference, (str, bytes)
+    ):
+        try:
+            values = np.asarray(reference, dtype=float).ravel()
+        except (TypeError, ValueError):
+            raise ValueError(
+                "`reference` must be a number, a sequence of numbers or a reference "
+                "solution with a `.margin`; got a sequence that is not numeric."
+            ) from None
+        if values.size == 0:
+            raise ValueError("`reference` is an empty sequence.")
+        default = "reference"
     else:
         # Any other reference solution that states its margin.
         try:
-            value = float(reference.margin)
+            values = np.array([float(reference.margin)])
         except (AttributeError, TypeError, ValueError):
             raise ValueError(
-                "`reference` must be a number or a reference solution with a `.margin` "
-                f"(e.g. fs.reference.max_margin(X, y)), got {type(reference).__name__}."
+                "`reference` must be a number, a sequence of numbers or a reference "
+                "solution with a `.margin` (e.g. fs.reference.max_margin(X, y)), got "
+                f"{type(reference).__name__}."
             ) from None
-        label = f"max-margin γ* = {value:.4g}"
-    if not math.isfinite(value):
-        raise ValueError(f"`reference` must be finite, got {value}.")
-    return value, label
+        default = f"max-margin γ* = {values[0]:.4g}"
+    if not np.all(np.isfinite(values)):
+        raise ValueError(f"`reference` must be finite, got {values.tolist()}.")
+    return values, default if label is None else str(label)
 
 
 def _default_label(traj: Trajectory) -> str:
@@ -160,12 +196,19 @@ def _time_data(traj: Trajectory, mode: str) -> tuple[np.ndarray, np.ndarray]:
     return ts[keep], keep
 
 
-def _require(traj: Trajectory, name: str, index: int) -> np.ndarray:
+def _require(
+    traj: Trajectory, name: str, index: int, derived: str | None = None
+) -> np.ndarray:
     if name not in traj.metrics:
+        what = (
+            f"{derived!r} is computed from {name!r}, which was not recorded"
+            if derived
+            else f"no metric {name!r} was recorded"
+        )
         raise ValueError(
-            f"Trajectory {index} ({_default_label(traj)}) has no metric {name!r}; it "
-            f"recorded {sorted(traj.metrics)}. Add {name!r} to `metrics=` in "
-            "fs.solve / fs.descend."
+            f"Trajectory {index} ({_default_label(traj)}): {what}; it recorded "
+            f"{sorted(traj.metrics)}. Add {name!r} to `metrics=` in fs.solve / "
+            "fs.descend."
         )
     return np.asarray(traj.metrics[name], dtype=float)
 
@@ -191,6 +234,32 @@ def _log10_loss(traj: Trajectory, index: int) -> np.ndarray:
     return np.where(np.isfinite(out), out, np.nan)
 
 
+def margin_gap(traj: Trajectory, reference: float, index: int = 0) -> np.ndarray:
+    """Relative gap `(γ* − γ(t)) / γ*` of the recorded `"margin"` to `reference`."""
+    margin = _require(traj, "margin", index, derived="margin_gap")
+    return (reference - margin) / reference
+
+
+def conserved_drift(traj: Trajectory, index: int = 0) -> tuple[np.ndarray, bool]:
+    r"""`(drift, relative)`: $\max_j |c_j(t) - c_j(t_0)|$ over the recorded
+    `"conserved"` quantities, relative to the start ($t_0$, the first save point),
+    divided by the recorded `"conserved_scale"` at $t$ when there is one
+    (`relative=True`); absolute otherwise."""
+    c = _require(traj, "conserved", index, derived="conserved_drift")
+    if c.ndim == (1 if traj.num_members is None else 2):
+        c = c[..., None]  # one conserved quantity
+    if c.shape[-2] == 0 or c.shape[-1] == 0:
+        drift = np.zeros(c.shape[:-1])
+    else:
+        drift = np.max(np.abs(c - c[..., :1, :]), axis=-1)
+    if "conserved_scale" in traj.metrics:
+        scale = np.asarray(traj.metrics["conserved_scale"], dtype=float)
+        scale = scale.reshape(drift.shape)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(scale > 0, drift / np.where(scale > 0, scale, 1.0), np.nan), True
+    return drift, False
+
+
 def _style(ax, *, xlabel: str, ylabel: str, title: str | None) -> None:
     ax.set_xlabel(xlabel, fontsize=_LABEL_SIZE)
     ax.set_ylabel(ylabel, fontsize=_LABEL_SIZE)
@@ -212,11 +281,37 @@ def _new_axes(figsize=(6.4, 4.4)):
     return fig, fig.add_subplot()
 
 
+def _is_descent(traj: Trajectory) -> bool:
+    return str(traj.info.get("kind", "")).endswith("descent")
+
+
+def _sequential_color(j: int, k: int):
+    import matplotlib
+
+    return matplotlib.colormaps["viridis"](0.85 * j / max(k - 1, 1))
+
+
+def _positive_log10(y: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.log10(np.where(y > 0, y, np.nan))
+    return np.where(np.isfinite(out), out, np.nan)
+
+
+def _outside_log_axis(ys: list[np.ndarray]) -> bool:
+    """Whether some positive value is beyond what a log axis can draw."""
+    for y in ys:
+        pos = y[np.isfinite(y) & (y > 0)]
+        if pos.size and (pos.min() < 1 / _LOG_AXIS_MAX or pos.max() > _LOG_AXIS_MAX):
+            return True
+    return False
+
+
 def convergence(
     trajectories: Trajectory | Sequence[Trajectory],
     metric: str = "loss",
     *,
     reference: Any = None,
+    reference_label: str | None = None,
     labels: Sequence[str] | None = None,
     ax: Any = None,
     log_time: bool = True,
@@ -225,21 +320,41 @@ def convergence(
     r"""Plot one metric of one or more trajectories against time, at any horizon.
 
     Flows (`fs.solve`) and discrete optimizers (`fs.descend`) share the time axis
-    $t$ (step $k$ of GD with step $\eta$ sits at $t = k\eta$), so they overlay.
+    $t$ (step $k$ of GD with step $\eta$ sits at $t = k\eta$), so they overlay:
+    flows are drawn solid, descents dash-dotted, references dashed grey.
 
     **Arguments:**
 
     - `trajectories`: a `fs.Trajectory` or a list of them.
-    - `metric`: a name the trajectories recorded. `"loss"` is drawn on a log axis,
-        or as $\log_{10} L$ (from the log-domain `log_loss`) on a linear axis when
-        the trajectories recorded `"log_loss"` or the loss underflows; `"log_loss"`
-        is drawn as $\log_{10} L$ too. `"margin_gap"` is the relative gap
-        $(\gamma^* - \gamma)/\gamma^*$ of the recorded `"margin"` to `reference`, on
-        a log axis. Other metrics use a linear axis; a metric with several
-        components per save point (e.g. `"singular_values"`) gets one line each.
-    - `reference`: a number, or a reference solution with a `.margin` such as
-        `fs.reference.max_margin(X, y)`: drawn as a dashed horizontal line (and
-        required by `"margin_gap"`).
+    - `metric`: a name the trajectories recorded, or one derived from them:
+
+        - `"loss"`: on a log axis, or as $\log_{10} L$ (from the log-domain
+            `log_loss`) on a linear axis when the trajectories recorded
+            `"log_loss"` or the loss underflows; `"log_loss"` is drawn as
+            $\log_{10} L$ too.
+        - `"margin_gap"`: the relative gap $(\gamma^* - \gamma)/\gamma^*$ of the
+            recorded `"margin"` to `reference`, on a log axis (gaps $\le 0$ are
+            not drawn).
+        - `"singular_values"`: one line per singular value (of the end-to-end
+            matrix), on a log axis.
+        - `"conserved_drift"`: $\max_j |c_j(t) - c_j(t_0)|$ of the recorded
+            `"conserved"` quantities, divided by `"conserved_scale"` when that
+            was recorded too, on a log axis: how well a solver conserves the
+            invariants of gradient flow (a discrete optimiser drifts by
+            $O(\eta)$).
+        - anything else (`"margin"`, `"effective_rank"`, ...): a linear axis; a
+            metric with several components per save point gets one line each.
+
+        A log y axis whose values would leave $[10^{-250}, 10^{250}]$ (where
+        matplotlib's log axes fail) becomes $\log_{10}$ values on a linear axis,
+        labelled "log₁₀ …".
+    - `reference`: a number, a sequence of numbers (e.g. the singular values of a
+        reference matrix), or a reference solution with a `.margin` such as
+        `fs.reference.max_margin(X, y)`: drawn as dashed horizontal lines (and
+        required by `"margin_gap"`, where it is the $\gamma^*$ and no line is
+        drawn).
+    - `reference_label`: the legend label of the reference line (default: says
+        what the reference is and its value).
     - `labels`: one legend label per trajectory (default
         `"{method} ({solver})"` from `Trajectory.info`).
     - `ax`: a matplotlib `Axes` to draw into (default: a new `Figure`).
@@ -258,59 +373,65 @@ def convergence(
     names = _labels(trajs, labels)
     if not isinstance(metric, str):
         raise ValueError(f"`metric` must be a metric name, got {metric!r}.")
-    ref = _reference_value(reference)
-    if metric == "margin_gap" and ref is None:
-        raise ValueError(
-            "`metric='margin_gap'` needs `reference=`: the max-margin value, e.g. "
-            "fs.reference.max_margin(X, y, norm=2)."
-        )
-    if metric == "margin_gap" and ref[0] <= 0:
-        raise ValueError(
-            f"The margin gap needs a positive reference margin, got {ref[0]}."
-        )
+    ref = _reference_values(reference, reference_label)
+    if metric == "margin_gap":
+        if ref is None:
+            raise ValueError(
+                "`metric='margin_gap'` needs `reference=`: the max-margin value, e.g. "
+                "fs.reference.max_margin(X, y, norm=2)."
+            )
+        if ref[0].size != 1 or ref[0][0] <= 0:
+            raise ValueError(
+                "The margin gap needs one positive reference margin, got "
+                f"{ref[0].tolist()}."
+            )
     mode = _time_axis(trajs, bool(log_time))
+
+    # The y values of every trajectory first: the axis scale depends on all of them.
+    relative_drift = True
+    ys = []
+    log10_loss = metric == "log_loss" or (metric == "loss" and _loss_in_log10(trajs))
+    for i, traj in enumerate(trajs):
+        if metric == "margin_gap":
+            y = margin_gap(traj, float(ref[0][0]), i)
+        elif metric == "conserved_drift":
+            y, rel = conserved_drift(traj, i)
+            relative_drift = relative_drift and rel
+        elif log10_loss:
+            y = _log10_loss(traj, i)
+        else:
+            y = _require(traj, metric, i)
+        ys.append(y)
+    ylabel = _YLABELS.get(metric, metric)
+    if metric == "conserved_drift" and not relative_drift:
+        ylabel = "drift max |c(t) − c(0)|"
+    yscale = "linear"
+    if log10_loss:
+        ylabel = "log₁₀ loss"
+    elif metric in _LOG_Y:
+        if _outside_log_axis(ys):
+            ys = [_positive_log10(y) for y in ys]
+            ylabel = f"log₁₀ {ylabel}"
+        else:
+            # Values ≤ 0 (a margin at or numerically above γ*, an exact zero) have
+            # no place on a log axis: not drawn.
+            ys = [np.where(y > 0, y, np.nan) for y in ys]
+            yscale = "log"
 
     if ax is None:
         fig, ax = _new_axes()
     else:
         fig = ax.figure
-
     if mode == "log":
         ax.set_xscale("log")
-        xlabel = "t"
-    elif mode == "log10":
-        xlabel = "log₁₀ t"
-    else:
-        xlabel = "t"
-
-    log10_loss = metric == "log_loss" or (metric == "loss" and _loss_in_log10(trajs))
-    if metric == "margin_gap":
-        ax.set_yscale("log")
-        ylabel = "relative margin gap (γ* − γ) / γ*"
-    elif log10_loss:
-        ylabel = "log₁₀ loss"
-    elif metric == "loss":
-        ax.set_yscale("log")
-        ylabel = "loss"
-    else:
-        ylabel = _YLABELS.get(metric, metric)
+    ax.set_yscale(yscale)
+    xlabel = "log₁₀ t" if mode == "log10" else "t"
 
     single = len(trajs) == 1
-    for i, (traj, name) in enumerate(zip(trajs, names, strict=True)):
-        if metric == "margin_gap":
-            margin = _require(traj, "margin", i)
-            y = (ref[0] - margin) / ref[0]
-            # A gap ≤ 0 (margin at or numerically above the reference) has no place
-            # on a log axis.
-            y = np.where(y > 0, y, np.nan)
-        elif log10_loss:
-            y = _log10_loss(traj, i)
-        else:
-            y = _require(traj, metric, i)
-            if metric == "loss":
-                y = np.where(y > 0, y, np.nan)
+    for i, (traj, name, y) in enumerate(zip(trajs, names, ys, strict=True)):
         x, keep = _time_data(traj, mode)
         color = None if single else f"C{i % 10}"
+        style = _DESCENT_STYLE if _is_descent(traj) else "-"
         if traj.num_members is not None:
             # An ensemble: the median over members, with their min–max range shaded.
             if y.ndim != 2:
@@ -325,33 +446,50 @@ def convergence(
                 warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns
                 med = np.nanmedian(y, axis=1)
                 lo, hi = np.nanmin(y, axis=1), np.nanmax(y, axis=1)
-            (line,) = ax.plot(x, med, color=color, linewidth=1.8,
+            (line,) = ax.plot(x, med, style, color=color, linewidth=_LINEWIDTH,
                               label=f"{name} (median, range of {traj.num_members})")
             ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
             continue
         y = y.reshape(y.shape[0], -1)[keep]
-        if x.size == 0:
+        if x.size == 0 or not np.any(np.isfinite(y)):
+            # Nothing drawable (e.g. a run that failed at its first step): keep it
+            # in the legend, so it does not vanish silently.
+            ax.plot([], [], style, color=color, linewidth=_LINEWIDTH,
+                    label=f"{name} (nothing to draw)")
             continue
         k = y.shape[1]
         for j in range(k):
+            line_color = color
             if k == 1:
                 label = name
             elif single:
-                label = f"{name} [{j}]" if k <= 10 or j == 0 else None
+                # One trajectory, several components (e.g. singular values): a
+                # sequential colour per component, first (largest) darkest.
+                line_color = _sequential_color(j, k)
+                if metric == "singular_values":
+                    sub = lambda m: str(m).translate(_SUBSCRIPTS)
+                    if k <= 10:
+                        label = f"σ{sub(j + 1)}"
+                    else:
+                        label = f"σ{sub(1)} … σ{sub(k)}" if j == 0 else None
+                else:
+                    label = f"{name} [{j}]" if k <= 10 or j == 0 else None
             else:
                 label = name if j == 0 else None
-            ax.plot(x, y[:, j], color=color, linewidth=1.8, label=label)
+            ax.plot(x, y[:, j], style, color=line_color, linewidth=_LINEWIDTH,
+                    label=label)
 
-    if ref is not None:
-        value, ref_label = ref
-        if metric != "margin_gap":
+    if ref is not None and metric != "margin_gap":
+        values, ref_label = ref
+        for j, value in enumerate(values):
             ax.axhline(
                 value,
                 color="0.25",
-                linestyle="--",
+                linestyle=_REFERENCE_STYLE,
                 linewidth=1.3,
-                label=ref_label,
+                label=ref_label if j == 0 else None,
                 zorder=1,
+                gid=REFERENCE_GID,
             )
     _style(ax, xlabel=xlabel, ylabel=ylabel, title=title)
     return fig, ax
@@ -362,23 +500,32 @@ def overview(
     metrics: Sequence[str] = ("log_loss", "margin"),
     reference: Any = None,
     *,
+    reference_label: str | None = None,
     labels: Sequence[str] | None = None,
     title: str | None = None,
+    ncols: int = 3,
+    log_time: bool = True,
 ):
-    """One panel per metric, side by side, sharing the conventions of `convergence`.
+    """One panel per metric, in rows of up to `ncols`, sharing the conventions of
+    `convergence`.
 
     **Arguments:**
 
     - `trajectory_or_list`: a `fs.Trajectory` or a list of them.
-    - `metrics`: the metrics to draw, one panel each (`"margin_gap"` included).
+    - `metrics`: the metrics to draw, one panel each (derived ones such as
+        `"margin_gap"` and `"conserved_drift"` included).
     - `reference`: a margin reference (number or `fs.reference.max_margin(...)`),
         drawn on the margin panels only.
+    - `reference_label`: its legend label.
     - `labels`: one legend label per trajectory.
     - `title`: a figure title.
+    - `ncols`: panels per row.
+    - `log_time`: as in `convergence`.
 
     **Returns:**
 
-    The matplotlib `Figure`.
+    `(fig, axes)`: the matplotlib `Figure` and a list of its `Axes`, one per
+    metric, in order.
     """
     from matplotlib.figure import Figure
 
@@ -387,16 +534,26 @@ def overview(
     metrics = tuple(metrics)
     if not metrics:
         raise ValueError("`metrics` is empty: name at least one metric to plot.")
-    fig = Figure(figsize=(5.2 * len(metrics), 4.2), dpi=100, layout="constrained")
-    axes = fig.subplots(1, len(metrics), squeeze=False)[0]
+    if isinstance(ncols, bool) or not isinstance(ncols, int) or ncols < 1:
+        raise ValueError(f"`ncols` must be a positive integer, got {ncols!r}.")
+    cols = min(ncols, len(metrics))
+    rows = -(-len(metrics) // cols)
+    fig = Figure(figsize=(5.2 * cols, 4.2 * rows), dpi=100, layout="constrained")
+    grid = fig.subplots(rows, cols, squeeze=False)
+    axes = list(grid.ravel())
+    for ax in axes[len(metrics):]:
+        ax.remove()
+    axes = axes[: len(metrics)]
     for ax, metric in zip(axes, metrics, strict=True):
         convergence(
             trajectory_or_list,
             metric,
             reference=reference if metric in _MARGIN_METRICS else None,
+            reference_label=reference_label,
             labels=labels,
             ax=ax,
+            log_time=log_time,
         )
     if title is not None:
         fig.suptitle(title, fontsize=_TITLE_SIZE + 1)
-    return fig
+    return fig, axes

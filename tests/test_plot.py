@@ -42,11 +42,11 @@ def _long_traj(log_t1=1e4, num=60):
 
 
 def _data_lines(ax):
-    return [line for line in ax.get_lines() if line.get_linestyle() != "--"]
+    return [line for line in ax.get_lines() if line.get_gid() != "reference"]
 
 
 def _reference_lines(ax):
-    return [line for line in ax.get_lines() if line.get_linestyle() == "--"]
+    return [line for line in ax.get_lines() if line.get_gid() == "reference"]
 
 
 def test_long_horizon_plots_log10_t_and_log10_loss():
@@ -99,7 +99,9 @@ def test_loss_underflow_without_log_loss_uses_log10():
     np.testing.assert_allclose(y[finite], -log_ts[finite] / LN10, rtol=1e-12)
 
 
-def test_short_real_solve_uses_log_axes():
+@pytest.fixture(scope="module")
+def real_runs():
+    """A short real gradient flow and gradient descent on one small problem."""
     rng = np.random.default_rng(0)
     X = rng.normal(size=(20, 3))
     y = np.sign(X @ np.array([1.0, -0.5, 0.25]))
@@ -113,6 +115,13 @@ def test_short_real_solve_uses_log_axes():
         metrics=("loss", "margin"),
         saveat=fs.SaveAt(num=30),
     )
+    gd = fs.descend(problem, model, optimizer="gd", lr=0.5, steps=200,
+                    metrics=("loss", "margin"), saveat=fs.SaveAt(num=30))
+    return sol, gd
+
+
+def test_short_real_solve_uses_log_axes(real_runs):
+    sol, _ = real_runs
     assert sol.ts[0] == 0.0
     fig, ax = fs.plot.convergence(sol, "loss")
     assert ax.get_xscale() == "log" and ax.get_xlabel() == "t"
@@ -169,10 +178,13 @@ def test_multi_component_metric_one_line_each():
     sv = np.stack([np.exp(log_ts), np.ones(11), np.zeros(11)], axis=1)
     traj = _traj(log_ts, {"singular_values": sv})
     _, ax = fs.plot.convergence(traj, "singular_values")
+    assert ax.get_yscale() == "log"
     lines = _data_lines(ax)
     assert len(lines) == 3
     for j, line in enumerate(lines):
-        np.testing.assert_allclose(line.get_ydata(), sv[:, j])
+        # A zero singular value has no place on the log axis: not drawn.
+        np.testing.assert_allclose(line.get_ydata(), np.where(sv[:, j] > 0, sv[:, j], np.nan))
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["σ₁", "σ₂", "σ₃"]
     # Two trajectories: one colour each, one legend entry each.
     _, ax = fs.plot.convergence([traj, traj], "singular_values", labels=["a", "b"])
     lines = _data_lines(ax)
@@ -199,10 +211,9 @@ def test_overlay_labels_and_given_axes():
 
 def test_overview_panels(tmp_path):
     traj = _long_traj(log_t1=1e3)
-    fig = fs.plot.overview(
+    fig, axes = fs.plot.overview(
         traj, metrics=("log_loss", "margin", "margin_gap"), reference=0.25
     )
-    axes = fig.axes
     assert len(axes) == 3
     assert "log₁₀ loss" in axes[0].get_ylabel()
     assert not _reference_lines(axes[0])  # the reference belongs to margins only
@@ -261,3 +272,126 @@ def test_ensemble_is_drawn_as_median_and_range():
     keep = ens.ts > 0  # t = 0 is dropped on the log axis
     np.testing.assert_allclose(line.get_ydata(), np.median(ens.metrics["margin"][:, keep], axis=0))
     assert len(ax.collections) == 1  # the shaded min–max band
+
+
+def _rich_long_traj(log_t1=1e4, num=60, method="GradientFlow", kind="flow"):
+    """`_long_traj` plus singular values spanning 1e-300 … 1e300, effective rank and
+    conserved quantities with a known drift."""
+    base = _long_traj(log_t1=log_t1, num=num)
+    lt = np.where(np.isfinite(base.log_ts), base.log_ts, 0.0)
+    frac = lt / log_t1
+    sv = np.stack([10.0 ** (300 * frac), np.ones(num), 10.0 ** (-300 * frac)], axis=1)
+    conserved = np.stack([1.0 + 1e-9 * frac, -2.0 - 3e-9 * frac], axis=1)
+    scale = 2.0 + frac
+    metrics = dict(base.metrics)
+    metrics.update(singular_values=sv, effective_rank=1.0 + frac, conserved=conserved,
+                   conserved_scale=scale)
+    traj = _traj(base.log_ts, metrics, method=method)
+    traj.info["kind"] = kind
+    return traj
+
+
+def test_log_y_becomes_log10_on_linear_axis_past_1e250():
+    traj = _rich_long_traj()
+    _, ax = fs.plot.convergence(traj, "singular_values")
+    assert ax.get_yscale() == "linear" and ax.get_xscale() == "linear"
+    assert ax.get_ylabel() == "log₁₀ singular values"
+    lines = _data_lines(ax)
+    assert len(lines) == 3
+    sv = traj.metrics["singular_values"][1:]  # t = 0 dropped
+    for j, line in enumerate(lines):
+        np.testing.assert_allclose(line.get_ydata(), np.log10(sv[:, j]), atol=1e-12)
+    # Within range, the same metric keeps a true log axis with the raw values.
+    short = _traj(traj.log_ts, {"singular_values": np.clip(traj.metrics["singular_values"], 1e-200, 1e200)})
+    _, ax = fs.plot.convergence(short, "singular_values")
+    assert ax.get_yscale() == "log" and ax.get_ylabel() == "singular values"
+    # A margin gap past 1e250 (a tiny positive reference, negative margins).
+    neg = _traj(traj.log_ts[:5], {"margin": -np.logspace(0, 4, 5)})
+    _, ax = fs.plot.convergence(neg, "margin_gap", reference=1e-300)
+    assert ax.get_yscale() == "linear" and ax.get_ylabel().startswith("log₁₀ relative margin gap")
+    y = np.asarray(_data_lines(ax)[0].get_ydata())
+    np.testing.assert_allclose(y, np.log10((1e-300 + np.logspace(0, 4, 5)[1:]) / 1e-300))
+
+
+def test_conserved_drift():
+    traj = _rich_long_traj(log_t1=100.0)
+    _, ax = fs.plot.convergence(traj, "conserved_drift")
+    assert ax.get_yscale() == "log"
+    assert "relative drift" in ax.get_ylabel()
+    (line,) = _data_lines(ax)
+    c = traj.metrics["conserved"]
+    expected = np.max(np.abs(c - c[0]), axis=1) / traj.metrics["conserved_scale"]
+    # t = 0 is dropped on the log time axis; the drift there is 0 anyway.
+    np.testing.assert_allclose(line.get_ydata(), expected[1:], rtol=1e-12)
+    # Without the scale: the absolute drift, labelled as such.
+    bare = _traj(traj.log_ts, {"conserved": c})
+    _, ax = fs.plot.convergence(bare, "conserved_drift")
+    assert ax.get_ylabel().startswith("drift")
+    np.testing.assert_allclose(_data_lines(ax)[0].get_ydata(), np.max(np.abs(c - c[0]), axis=1)[1:])
+    with pytest.raises(ValueError, match="'conserved_drift' is computed from 'conserved'"):
+        fs.plot.convergence(_long_traj(), "conserved_drift")
+
+
+@pytest.mark.parametrize("log_t1", [math.log(1e249), math.log(1e251), 1e6])
+def test_every_panel_finite_and_renders_at_extreme_horizons(log_t1, tmp_path):
+    flow = _rich_long_traj(log_t1=log_t1)
+    descent = _rich_long_traj(log_t1=min(log_t1, 20.0), method="gd", kind="descent")
+    metrics = ("loss", "log_loss", "margin", "margin_gap", "singular_values",
+               "effective_rank", "conserved_drift")
+    fig, axes = fs.plot.overview([flow, descent], metrics, reference=0.25,
+                                 labels=["GF", "GD"])
+    assert len(axes) == len(metrics)
+    for ax, metric in zip(axes, metrics):
+        for line in _data_lines(ax):
+            x, y = np.asarray(line.get_xdata(), float), np.asarray(line.get_ydata(), float)
+            assert x.size and np.all(np.isfinite(x)), metric
+            # NaN only where a log axis cannot show a value (gap ≤ 0, drift 0).
+            assert not np.any(np.isinf(y)), metric
+            assert np.any(np.isfinite(y)), metric
+        lo, hi = ax.get_ylim()
+        assert np.isfinite(lo) and np.isfinite(hi)
+        assert ax.get_xlabel() == ("log₁₀ t" if log_t1 > math.log(1e250) else "t")
+    path = tmp_path / "overview.png"
+    fig.savefig(path, dpi=50)  # no overflow while drawing ticks or grid lines
+    assert path.stat().st_size > 10_000
+
+
+def test_descents_overlay_flows_on_one_time_axis(real_runs):
+    gf, gd = real_runs
+    _, ax = fs.plot.convergence([gf, gd], "loss", labels=["GF", "GD"])
+    assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
+    flow_line, gd_line = _data_lines(ax)
+    assert flow_line.get_linestyle() == "-" and gd_line.get_linestyle() == "-."
+    # Step k of GD with step η sits at t = kη, on the flow's axis.
+    k = np.round(gd.ts / 0.5)
+    assert np.all(np.abs(gd.ts / 0.5 - k) < 1e-9) and k[-1] == 200
+    np.testing.assert_allclose(gd_line.get_xdata(), (k * 0.5)[k > 0])
+    np.testing.assert_allclose(gd_line.get_ydata(), gd.metrics["loss"][k > 0])
+    np.testing.assert_allclose(flow_line.get_xdata(), gf.ts[1:])
+    # GD discretises GF: at t = 100 the losses agree to O(η).
+    gf_at_100 = np.exp(np.interp(np.log(100.0), gf.log_ts[1:], np.log(gf.metrics["loss"][1:])))
+    assert gd.metrics["loss"][-1] == pytest.approx(gf_at_100, rel=0.1)
+
+
+def test_reference_lines_several_values_and_label():
+    traj = _rich_long_traj(log_t1=10.0)
+    short = _traj(traj.log_ts, {"singular_values": np.clip(traj.metrics["singular_values"], 1e-3, 10.0)})
+    _, ax = fs.plot.convergence(short, "singular_values", reference=[3.0, 0.5],
+                                reference_label="σ(W*)")
+    refs = _reference_lines(ax)
+    assert [line.get_ydata()[0] for line in refs] == [3.0, 0.5]
+    assert all(line.get_linestyle() == "--" for line in refs)
+    assert [t.get_text() for t in ax.get_legend().get_texts()].count("σ(W*)") == 1
+    # The margin gap uses the reference as γ*, without drawing a line.
+    _, ax = fs.plot.convergence(traj, "margin_gap", reference=0.25)
+    assert not _reference_lines(ax)
+    with pytest.raises(ValueError, match="one positive reference"):
+        fs.plot.convergence(traj, "margin_gap", reference=[0.25, 0.3])
+
+
+def test_a_run_with_nothing_to_draw_stays_in_the_legend():
+    ok = _long_traj(log_t1=50.0)
+    failed = _traj(ok.log_ts[:1], {k: v[:1] for k, v in ok.metrics.items()})  # t = 0 only
+    _, ax = fs.plot.convergence([ok, failed], "margin", labels=["ok", "failed"])
+    texts = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert texts == ["ok", "failed (nothing to draw)"]
