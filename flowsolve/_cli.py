@@ -1,9 +1,11 @@
 """The `flowsolve` command line.
 
 `flowsolve demo` solves a real long-horizon gradient flow and compares it with the
-hard-margin SVM. Each subcommand is a `_add_<name>(subparsers)` that registers its
-arguments and sets `func=` to the function that runs it, returning an exit code;
-more subcommands (`run`, `plot`) plug in the same way.
+hard-margin SVM; `flowsolve run EXPERIMENT.toml --out DIR` runs an experiment file
+(see `docs/experiments.md`) into a results folder; `flowsolve plot DIR` redraws the
+plots of such a folder. Each subcommand is a `_add_<name>(subparsers)` that
+registers its arguments and sets `func=` to the function that runs it, returning an
+exit code.
 """
 
 import argparse
@@ -296,6 +298,113 @@ def _demo(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+# ------------------------------------------------------------------------------- run
+
+
+def _add_run(subparsers) -> None:
+    p = subparsers.add_parser(
+        "run",
+        help="run an experiment file: flows and optimizers, summary, plots",
+        description=(
+            "Run the flows and optimizers of an experiment file (TOML; see "
+            "docs/experiments.md) on its data, model and loss. The whole file is "
+            "checked before anything is solved. Each run's trajectory is saved to "
+            "DIR/<label>.traj as soon as it finishes, DIR/summary.json after every "
+            "run, and the plots (DIR/overview.png and one file per metric) at the "
+            "end. Running the same command again skips finished runs and resumes an "
+            "interrupted flow from its checkpoint."
+        ),
+    )
+    p.add_argument("experiment", type=Path, metavar="EXPERIMENT.toml",
+                   help="the experiment file")
+    p.add_argument("--out", type=Path, default=None, metavar="DIR",
+                   help="results folder (default: ./<name of the experiment>)")
+    p.add_argument("--force", action="store_true",
+                   help="recompute every run, even those already saved")
+    p.add_argument("--check", action="store_true",
+                   help="only check the file (and build its data, model and "
+                   "reference); solve nothing")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from . import _experiment as ex
+
+    exp = ex.load(args.experiment)
+    out: Path = args.out if args.out is not None else Path(exp.name)
+    print(f"{_PROG} run: {exp.name} ({args.experiment}): {len(exp.runs)} run(s), "
+          f"data {exp.data['kind']}, model {exp.model['kind']}, loss {exp.loss['kind']}",
+          flush=True)
+    built = ex.build(exp)
+    if args.check:
+        for spec in built.experiment.runs:
+            print(f"  {spec.label}: {spec.describe()}; metrics {', '.join(spec.metrics)}")
+        print(f"{args.experiment}: valid")
+        return 0
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CLIError(
+            f"cannot create the output folder {str(out)!r}: {e.strerror or e}"
+        ) from None
+    try:
+        outcome = ex.run(built, out, force=args.force, progress=not args.no_progress,
+                         echo=lambda line: print(line, flush=True))
+    except OSError as e:
+        raise CLIError(f"cannot write the results: {e}") from None
+    if outcome.interrupted is not None:
+        print(
+            f"{_PROG} run: interrupted in run {outcome.interrupted!r}; finished runs "
+            f"and its trajectory so far are kept in {out}. Run the same command "
+            "again to resume.",
+            file=sys.stderr,
+        )
+        return 130
+    print(f"wrote {outcome.summary}")
+    for path in outcome.plots:
+        print(f"wrote {path}")
+    for label in outcome.failed:
+        print(f"{_PROG} run: run {label!r} did not reach its horizon; see "
+              f"{outcome.summary}", file=sys.stderr)
+    return 1 if outcome.failed else 0
+
+
+# ------------------------------------------------------------------------------ plot
+
+
+def _add_plot(subparsers) -> None:
+    p = subparsers.add_parser(
+        "plot",
+        help="redraw the plots of a results folder written by `flowsolve run`",
+        description=(
+            "Reload the trajectories and summary.json that `flowsolve run` wrote "
+            "into DIR and draw the plots again (nothing is solved)."
+        ),
+    )
+    p.add_argument("folder", type=Path, metavar="DIR", help="the results folder")
+    p.add_argument("--format", dest="formats", nargs="+", choices=("png", "pdf", "svg"),
+                   default=None, metavar="FORMAT",
+                   help="png, pdf and/or svg (default: the experiment's [plot] formats)")
+    p.add_argument("--metrics", nargs="+", default=None, metavar="METRIC",
+                   help="the metrics to plot (default: the experiment's [plot] metrics)")
+    p.set_defaults(func=_plot)
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from . import _experiment as ex
+
+    if not args.folder.is_dir():
+        raise CLIError(f"{str(args.folder)!r} is not a folder")
+    try:
+        paths = ex.replot(args.folder, metrics=args.metrics, formats=args.formats)
+    except OSError as e:
+        raise CLIError(f"cannot write the plots: {e}") from None
+    for path in paths:
+        print(f"wrote {path}")
+    return 0
+
+
 # ------------------------------------------------------------------------------ main
 
 
@@ -316,6 +425,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {ver}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_demo(subparsers)
+    _add_run(subparsers)
+    _add_plot(subparsers)
     return parser
 
 

@@ -58,14 +58,20 @@ _YLABELS = {
     "conserved": "conserved quantities",
     "conserved_scale": "conserved-quantity scale",
     "margin_gap": "relative margin gap (γ* − γ) / γ*",
+    "margin_l1_gap": "relative ℓ1 margin gap (γ* − γ) / γ*",
     "conserved_drift": "relative drift max |c(t) − c(0)| / scale",
 }
 
 #: Metrics derived from recorded ones at plot time: name → what must be recorded.
-DERIVED = {"margin_gap": "margin", "conserved_drift": "conserved"}
+DERIVED = {
+    "margin_gap": "margin",
+    "margin_l1_gap": "margin_l1",
+    "conserved_drift": "conserved",
+}
+_GAPS = ("margin_gap", "margin_l1_gap")
 
 #: Metrics drawn on a log y axis (or as log10 values past its range).
-_LOG_Y = ("loss", "margin_gap", "singular_values", "conserved_drift")
+_LOG_Y = ("loss", "margin_gap", "margin_l1_gap", "singular_values", "conserved_drift")
 
 #: Metrics next to which a margin reference line makes sense (used by `overview`).
 _MARGIN_METRICS = (
@@ -74,6 +80,7 @@ _MARGIN_METRICS = (
     "homogeneous_margin",
     "smoothed_margin",
     "margin_gap",
+    "margin_l1_gap",
 )
 
 _SUBSCRIPTS = str.maketrans("0123456789", "₀₁₂₃₄₅₆₇₈₉")
@@ -234,9 +241,12 @@ def _log10_loss(traj: Trajectory, index: int) -> np.ndarray:
     return np.where(np.isfinite(out), out, np.nan)
 
 
-def margin_gap(traj: Trajectory, reference: float, index: int = 0) -> np.ndarray:
-    """Relative gap `(γ* − γ(t)) / γ*` of the recorded `"margin"` to `reference`."""
-    margin = _require(traj, "margin", index, derived="margin_gap")
+def margin_gap(
+    traj: Trajectory, reference: float, index: int = 0, metric: str = "margin_gap"
+) -> np.ndarray:
+    """Relative gap `(γ* − γ(t)) / γ*` of the recorded `"margin"` (or `"margin_l1"`
+    for `metric="margin_l1_gap"`) to `reference`."""
+    margin = _require(traj, DERIVED[metric], index, derived=metric)
     return (reference - margin) / reference
 
 
@@ -315,6 +325,7 @@ def convergence(
     labels: Sequence[str] | None = None,
     ax: Any = None,
     log_time: bool = True,
+    log10_t_scale: str = "linear",
     title: str | None = None,
 ):
     r"""Plot one metric of one or more trajectories against time, at any horizon.
@@ -334,7 +345,8 @@ def convergence(
             $\log_{10} L$ too.
         - `"margin_gap"`: the relative gap $(\gamma^* - \gamma)/\gamma^*$ of the
             recorded `"margin"` to `reference`, on a log axis (gaps $\le 0$ are
-            not drawn).
+            not drawn); `"margin_l1_gap"` the same for `"margin_l1"` (compare with
+            `fs.reference.max_margin(X, y, norm=1)`).
         - `"singular_values"`: one line per singular value (of the end-to-end
             matrix), on a log axis.
         - `"conserved_drift"`: $\max_j |c_j(t) - c_j(t_0)|$ of the recorded
@@ -351,7 +363,7 @@ def convergence(
     - `reference`: a number, a sequence of numbers (e.g. the singular values of a
         reference matrix), or a reference solution with a `.margin` such as
         `fs.reference.max_margin(X, y)`: drawn as dashed horizontal lines (and
-        required by `"margin_gap"`, where it is the $\gamma^*$ and no line is
+        required by the margin gaps, where it is the $\gamma^*$ and no line is
         drawn).
     - `reference_label`: the legend label of the reference line (default: says
         what the reference is and its value).
@@ -362,6 +374,11 @@ def convergence(
         switches to $\log_{10} t$ on a linear axis once a trajectory passes
         $t = 10^{250}$ (matplotlib's log axes fail beyond, and $t$ overflows float64
         past $e^{709}$). `False` draws $t$ on a linear axis.
+    - `log10_t_scale`: how that $\log_{10} t$ axis is drawn: `"linear"` (default;
+        $\log_{10} L \approx -\log_{10} t$ is a straight line) or `"log"` (a
+        symmetric-log axis, linear for $|\log_{10} t| < 1$: runs with horizons of
+        $10^{3}$ and $10^{4000}$ share one readable axis, and the $1/\log t$ rate of
+        a margin gap is a straight line on its log y axis).
     - `title`: an axes title.
 
     **Returns:**
@@ -374,11 +391,12 @@ def convergence(
     if not isinstance(metric, str):
         raise ValueError(f"`metric` must be a metric name, got {metric!r}.")
     ref = _reference_values(reference, reference_label)
-    if metric == "margin_gap":
+    if metric in _GAPS:
         if ref is None:
+            norm = 1 if metric == "margin_l1_gap" else 2
             raise ValueError(
-                "`metric='margin_gap'` needs `reference=`: the max-margin value, e.g. "
-                "fs.reference.max_margin(X, y, norm=2)."
+                f"`metric={metric!r}` needs `reference=`: the max-margin value, e.g. "
+                f"fs.reference.max_margin(X, y, norm={norm})."
             )
         if ref[0].size != 1 or ref[0][0] <= 0:
             raise ValueError(
@@ -386,14 +404,18 @@ def convergence(
                 f"{ref[0].tolist()}."
             )
     mode = _time_axis(trajs, bool(log_time))
+    if log10_t_scale not in ("linear", "log"):
+        raise ValueError(
+            f"`log10_t_scale` must be 'linear' or 'log', got {log10_t_scale!r}."
+        )
 
     # The y values of every trajectory first: the axis scale depends on all of them.
     relative_drift = True
     ys = []
     log10_loss = metric == "log_loss" or (metric == "loss" and _loss_in_log10(trajs))
     for i, traj in enumerate(trajs):
-        if metric == "margin_gap":
-            y = margin_gap(traj, float(ref[0][0]), i)
+        if metric in _GAPS:
+            y = margin_gap(traj, float(ref[0][0]), i, metric)
         elif metric == "conserved_drift":
             y, rel = conserved_drift(traj, i)
             relative_drift = relative_drift and rel
@@ -424,6 +446,11 @@ def convergence(
         fig = ax.figure
     if mode == "log":
         ax.set_xscale("log")
+    elif mode == "log10" and log10_t_scale == "log":
+        from matplotlib.ticker import FuncFormatter
+
+        ax.set_xscale("symlog", linthresh=1.0, linscale=0.5)
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.set_yscale(yscale)
     xlabel = "log₁₀ t" if mode == "log10" else "t"
 
@@ -479,7 +506,7 @@ def convergence(
             ax.plot(x, y[:, j], style, color=line_color, linewidth=_LINEWIDTH,
                     label=label)
 
-    if ref is not None and metric != "margin_gap":
+    if ref is not None and metric not in _GAPS:
         values, ref_label = ref
         for j, value in enumerate(values):
             ax.axhline(
@@ -505,6 +532,7 @@ def overview(
     title: str | None = None,
     ncols: int = 3,
     log_time: bool = True,
+    log10_t_scale: str = "linear",
 ):
     """One panel per metric, in rows of up to `ncols`, sharing the conventions of
     `convergence`.
@@ -520,7 +548,7 @@ def overview(
     - `labels`: one legend label per trajectory.
     - `title`: a figure title.
     - `ncols`: panels per row.
-    - `log_time`: as in `convergence`.
+    - `log_time`, `log10_t_scale`: as in `convergence`.
 
     **Returns:**
 
@@ -553,6 +581,7 @@ def overview(
             labels=labels,
             ax=ax,
             log_time=log_time,
+            log10_t_scale=log10_t_scale,
         )
     if title is not None:
         fig.suptitle(title, fontsize=_TITLE_SIZE + 1)
