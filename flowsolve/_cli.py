@@ -315,15 +315,27 @@ def _add_run(subparsers) -> None:
             "interrupted flow from its checkpoint."
         ),
     )
-    p.add_argument("experiment", type=Path, metavar="EXPERIMENT.toml",
-                   help="the experiment file")
-    p.add_argument("--out", type=Path, default=None, metavar="DIR",
-                   help="results folder (default: ./<name of the experiment>)")
-    p.add_argument("--force", action="store_true",
-                   help="recompute every run, even those already saved")
-    p.add_argument("--check", action="store_true",
-                   help="only check the file (and build its data, model and "
-                   "reference); solve nothing")
+    p.add_argument(
+        "experiment", type=Path, metavar="EXPERIMENT.toml", help="the experiment file"
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="results folder (default: ./<name of the experiment>)",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="recompute every run, even those already saved",
+    )
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="only check the file (and build its data, model and "
+        "reference); solve nothing",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     p.set_defaults(func=_run)
 
@@ -333,13 +345,17 @@ def _run(args: argparse.Namespace) -> int:
 
     exp = ex.load(args.experiment)
     out: Path = args.out if args.out is not None else Path(exp.name)
-    print(f"{_PROG} run: {exp.name} ({args.experiment}): {len(exp.runs)} run(s), "
-          f"data {exp.data['kind']}, model {exp.model['kind']}, loss {exp.loss['kind']}",
-          flush=True)
+    print(
+        f"{_PROG} run: {exp.name} ({args.experiment}): {len(exp.runs)} run(s), "
+        f"data {exp.data['kind']}, model {exp.model['kind']}, loss {exp.loss['kind']}",
+        flush=True,
+    )
     built = ex.build(exp)
     if args.check:
         for spec in built.experiment.runs:
-            print(f"  {spec.label}: {spec.describe()}; metrics {', '.join(spec.metrics)}")
+            print(
+                f"  {spec.label}: {spec.describe()}; metrics {', '.join(spec.metrics)}"
+            )
         print(f"{args.experiment}: valid")
         return 0
     try:
@@ -349,8 +365,13 @@ def _run(args: argparse.Namespace) -> int:
             f"cannot create the output folder {str(out)!r}: {e.strerror or e}"
         ) from None
     try:
-        outcome = ex.run(built, out, force=args.force, progress=not args.no_progress,
-                         echo=lambda line: print(line, flush=True))
+        outcome = ex.run(
+            built,
+            out,
+            force=args.force,
+            progress=not args.no_progress,
+            echo=lambda line: print(line, flush=True),
+        )
     except OSError as e:
         raise CLIError(f"cannot write the results: {e}") from None
     if outcome.interrupted is not None:
@@ -365,8 +386,11 @@ def _run(args: argparse.Namespace) -> int:
     for path in outcome.plots:
         print(f"wrote {path}")
     for label in outcome.failed:
-        print(f"{_PROG} run: run {label!r} did not reach its horizon; see "
-              f"{outcome.summary}", file=sys.stderr)
+        print(
+            f"{_PROG} run: run {label!r} did not reach its horizon; see "
+            f"{outcome.summary}",
+            file=sys.stderr,
+        )
     return 1 if outcome.failed else 0
 
 
@@ -383,11 +407,22 @@ def _add_plot(subparsers) -> None:
         ),
     )
     p.add_argument("folder", type=Path, metavar="DIR", help="the results folder")
-    p.add_argument("--format", dest="formats", nargs="+", choices=("png", "pdf", "svg"),
-                   default=None, metavar="FORMAT",
-                   help="png, pdf and/or svg (default: the experiment's [plot] formats)")
-    p.add_argument("--metrics", nargs="+", default=None, metavar="METRIC",
-                   help="the metrics to plot (default: the experiment's [plot] metrics)")
+    p.add_argument(
+        "--format",
+        dest="formats",
+        nargs="+",
+        choices=("png", "pdf", "svg"),
+        default=None,
+        metavar="FORMAT",
+        help="png, pdf and/or svg (default: the experiment's [plot] formats)",
+    )
+    p.add_argument(
+        "--metrics",
+        nargs="+",
+        default=None,
+        metavar="METRIC",
+        help="the metrics to plot (default: the experiment's [plot] metrics)",
+    )
     p.set_defaults(func=_plot)
 
 

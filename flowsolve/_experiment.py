@@ -9,6 +9,7 @@ The schema is documented in `docs/experiments.md`. Every error is an
 
 import dataclasses
 import difflib
+import glob
 import hashlib
 import inspect
 import json
@@ -63,10 +64,7 @@ def _generator(name: str) -> tuple[Callable, dict]:
 def _model_classes() -> dict[str, type]:
     from . import _models
 
-    return {
-        name: getattr(_models, name)
-        for name in ("Linear", "DeepLinear", "DiagonalLinear", "TwoLayer", "MatrixFactorization")
-    }
+    return {name: getattr(_models, name) for name in MODELS}
 
 
 def _loss_classes() -> dict[str, type]:
@@ -137,7 +135,9 @@ class ExperimentError(ValueError):
         return ": ".join([*parts, self.message])
 
     def with_source(self, source) -> "ExperimentError":
-        return ExperimentError(self.key, self.message, None if source is None else str(source))
+        return ExperimentError(
+            self.key, self.message, None if source is None else str(source)
+        )
 
 
 class _Invalid(Exception):
@@ -179,7 +179,13 @@ def _is_number(v) -> bool:
 
 
 def _number(*, positive: bool = False, nonnegative: bool = False):
-    what = "a positive number" if positive else "a number ≥ 0" if nonnegative else "a finite number"
+    what = (
+        "a positive number"
+        if positive
+        else "a number ≥ 0"
+        if nonnegative
+        else "a finite number"
+    )
 
     def check(v):
         if not _is_number(v) or not math.isfinite(v):
@@ -193,8 +199,10 @@ def _number(*, positive: bool = False, nonnegative: bool = False):
 
 def _integer(minimum: int | None = None):
     what = (
-        "an integer" if minimum is None
-        else "a positive integer" if minimum == 1
+        "an integer"
+        if minimum is None
+        else "a positive integer"
+        if minimum == 1
         else f"an integer ≥ {minimum}"
     )
 
@@ -315,8 +323,15 @@ def _accepts(ann, v) -> bool | None:
     if ann is str:
         return isinstance(v, str)
     if ann is np.ndarray:
-        return _is_number(v) or (isinstance(v, list) and all(_numeric_tree(x) for x in v))
-    if origin is tuple or ann is tuple or origin in (list, Sequence) or ann in (list, Sequence):
+        return _is_number(v) or (
+            isinstance(v, list) and all(_numeric_tree(x) for x in v)
+        )
+    if (
+        origin is tuple
+        or ann is tuple
+        or origin in (list, Sequence)
+        or ann in (list, Sequence)
+    ):
         if not isinstance(v, list):
             return False
         args = typing.get_args(ann)
@@ -351,8 +366,11 @@ def _to_python(ann, v):
 def _signature_params(fn, exclude: Sequence[str]) -> dict[str, inspect.Parameter]:
     params = inspect.signature(fn).parameters
     return {
-        n: p for n, p in params.items()
-        if n != "self" and n not in exclude and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        n: p
+        for n, p in params.items()
+        if n != "self"
+        and n not in exclude
+        and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
     }
 
 
@@ -361,10 +379,16 @@ def _check_kwargs(path: str, table: dict, params: dict[str, inspect.Parameter]) 
     for key, v in table.items():
         p = params[key]
         ok = _accepts(p.annotation, v)
-        if ok is None and p.default is not inspect.Parameter.empty and p.default is not None:
+        if (
+            ok is None
+            and p.default is not inspect.Parameter.empty
+            and p.default is not None
+        ):
             ok = _accepts(type(p.default), v)
         if ok is False:
-            what = _describe(p.annotation) or _describe(type(p.default)) or "another value"
+            what = (
+                _describe(p.annotation) or _describe(type(p.default)) or "another value"
+            )
             raise ExperimentError(f"{path}.{key}", str(_expected(what, v)))
         out[key] = _to_python(p.annotation, v)
     return out
@@ -387,7 +411,13 @@ class _Table:
     def key(self, name: str) -> str:
         return f"{self.path}.{name}" if self.path else name
 
-    def take(self, name: str, check=None, default: Any = _MISSING, required: str | None = None):
+    def take(
+        self,
+        name: str,
+        check=None,
+        default: Any = _MISSING,
+        required: str | None = None,
+    ):
         self.seen.append(name)
         if name not in self.data:
             if required is not None:
@@ -405,13 +435,24 @@ class _Table:
                 raise ExperimentError(self.key(name) + index, rest) from None
             raise ExperimentError(self.key(name), text) from None
 
-    def done(self, valid: Sequence[str], context: str = "", hints: dict[str, str] | None = None):
+    def done(
+        self,
+        valid: Sequence[str],
+        context: str = "",
+        hints: dict[str, str] | None = None,
+    ):
         """Reject every key that is not in `valid`."""
         for name in self.data:
             if name in valid:
                 continue
             if hints and name in hints:
                 raise ExperimentError(self.key(name), hints[name])
+            if self.path and name in _TOP_KEYS:
+                raise ExperimentError(
+                    self.key(name),
+                    f"`{name}` is a top-level key. In TOML every key after a [table] "
+                    "header belongs to that table: move it above the first table.",
+                )
             close = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.6)
             hint = f'did you mean "{close[0]}"? ' if close else ""
             where = f" {context}" if context else ""
@@ -440,9 +481,15 @@ class RunSpec:
     def describe(self) -> str:
         o = self.options
         if self.kind == "flow":
-            horizon = f"t = {o['t1']:.6g}" if "t1" in o else f"log t = {o['log_t1']:.6g}"
-            name = {"gradient": "gradient flow", "natural": "natural-gradient flow"}[o["flow"]]
+            horizon = (
+                f"t = {o['t1']:.6g}" if "t1" in o else f"log t = {o['log_t1']:.6g}"
+            )
+            name = {"gradient": "gradient flow", "natural": "natural-gradient flow"}[
+                o["flow"]
+            ]
             return f"{name}, {o['clock']} clock, {o.get('solver', 'auto')} solver, to {horizon}"
+        if o["optimizer"] == "loss-scaled-gd":  # its time steps are lr / L
+            return f"{o['optimizer']}, lr = {o['lr']:.6g}, {o['steps']} steps"
         return f"{o['optimizer']}, lr = {o['lr']:.6g}, {o['steps']} steps (to t = {o['lr'] * o['steps']:.6g})"
 
 
@@ -479,15 +526,29 @@ class Experiment:
         out: dict[str, Any] = {"name": self.name}
         if self.description is not None:
             out["description"] = self.description
-        out.update(seed=self.seed, reference=self.reference, data=dict(self.data),
-                   model=dict(self.model), loss=dict(self.loss))
+        out.update(
+            seed=self.seed,
+            reference=self.reference,
+            data=dict(self.data),
+            model=dict(self.model),
+            loss=dict(self.loss),
+        )
         out["run"] = [
-            {"label": r.label, **r.options, "metrics": list(r.metrics), "saves": r.saves}
+            {
+                "label": r.label,
+                **r.options,
+                "metrics": list(r.metrics),
+                "saves": r.saves,
+            }
             for r in self.runs
         ]
-        plot = {"metrics": list(self.plot.metrics), "formats": list(self.plot.formats),
-                "dpi": self.plot.dpi, "log_time": self.plot.log_time,
-                "log10_t_scale": self.plot.log10_t_scale}
+        plot = {
+            "metrics": list(self.plot.metrics),
+            "formats": list(self.plot.formats),
+            "dpi": self.plot.dpi,
+            "log_time": self.plot.log_time,
+            "log10_t_scale": self.plot.log10_t_scale,
+        }
         if self.plot.title is not None:
             plot["title"] = self.plot.title
         out["plot"] = plot
@@ -496,19 +557,48 @@ class Experiment:
     def run_hash(self, run: RunSpec) -> str:
         """What a saved trajectory must match to be reused: everything that shapes
         that run (data, model, loss, seed, its own keys, metrics, save points)."""
-        payload = {"data": self.data, "model": self.model, "loss": self.loss,
-                   "seed": self.seed, "run": run.options, "metrics": list(run.metrics),
-                   "saves": run.saves}
+        payload = {
+            "data": self.data,
+            "model": self.model,
+            "loss": self.loss,
+            "seed": self.seed,
+            "run": run.options,
+            "metrics": list(run.metrics),
+            "saves": run.saves,
+        }
         text = json.dumps(payload, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-_TOP_KEYS = ("name", "description", "seed", "metrics", "saves", "reference",
-             "data", "model", "loss", "run", "plot")
-_FLOW_KEYS = ("label", "flow", "clock", "t1", "log_t1", "solver", "rtol", "atol",
-              "dt0", "max_steps", "checkpoint_every", "metrics", "saves")
+_TOP_KEYS = (
+    "name",
+    "description",
+    "seed",
+    "metrics",
+    "saves",
+    "reference",
+    "data",
+    "model",
+    "loss",
+    "run",
+    "plot",
+)
+_FLOW_KEYS = (
+    "label",
+    "flow",
+    "clock",
+    "t1",
+    "log_t1",
+    "solver",
+    "rtol",
+    "atol",
+    "dt0",
+    "max_steps",
+    "checkpoint_every",
+    "metrics",
+    "saves",
+)
 _DESCENT_KEYS = ("label", "optimizer", "lr", "steps", "metrics", "saves")
-_TOP_LEVEL_IN_RUN = ("reference", "seed", "name", "description")
 
 
 def _natural_params() -> dict[str, inspect.Parameter]:
@@ -522,7 +612,11 @@ def _slug(label: str) -> str:
 
 
 def _default_metrics(loss: str) -> list[str]:
-    return ["loss", "log_loss", "margin"] if loss in _CLASSIFICATION_LOSSES else ["loss", "log_loss"]
+    return (
+        ["loss", "log_loss", "margin"]
+        if loss in _CLASSIFICATION_LOSSES
+        else ["loss", "log_loss"]
+    )
 
 
 def _parse_run(index: int, raw: Any, *, metrics_default, saves_default) -> RunSpec:
@@ -533,16 +627,16 @@ def _parse_run(index: int, raw: Any, *, metrics_default, saves_default) -> RunSp
     if has_flow == has_opt:
         raise ExperimentError(
             path,
-            "give exactly one of `flow = \"gradient\" | \"natural\"` (a flow, solved "
-            "with fs.solve) or `optimizer = \"gd\" | ...` (a discrete optimiser, run "
+            'give exactly one of `flow = "gradient" | "natural"` (a flow, solved '
+            'with fs.solve) or `optimizer = "gd" | ...` (a discrete optimiser, run '
             "with fs.descend)" + ("; this run has both" if has_flow else ""),
         )
     own_metrics = "metrics" in t.data
-    metrics = t.take("metrics", _names("metric", _metric_names()), default=metrics_default)
+    metrics = t.take(
+        "metrics", _names("metric", _metric_names()), default=metrics_default
+    )
     saves = t.take("saves", _integer(2), default=saves_default)
-    hints = {k: (f"`{k}` is a top-level key, not a key of a run. In TOML every key "
-                 "after a [[run]] header belongs to that run: move it above the first "
-                 "table.") for k in _TOP_LEVEL_IN_RUN}
+    hints: dict[str, str] = {}
     options: dict[str, Any] = {}
     if has_flow:
         kind = "flow"
@@ -550,10 +644,14 @@ def _parse_run(index: int, raw: Any, *, metrics_default, saves_default) -> RunSp
         natural = _natural_params()
         # Unknown keys first: a misspelt key is reported as such, not as a missing one.
         valid = list(_FLOW_KEYS) + (list(natural) if flow == "natural" else [])
-        natural_hints = {
-            k: f"`{k}` is an option of the natural-gradient flow; this run has flow = {_show(flow)}"
-            for k in natural
-        } if flow != "natural" else {}
+        natural_hints = (
+            {
+                k: f"`{k}` is an option of the natural-gradient flow; this run has flow = {_show(flow)}"
+                for k in natural
+            }
+            if flow != "natural"
+            else {}
+        )
         t.done(valid, f'of a flow run (flow = "{flow}")', {**hints, **natural_hints})
         options["flow"] = flow
         options["clock"] = t.take("clock", _choice("clock", CLOCKS), default="linear")
@@ -570,7 +668,7 @@ def _parse_run(index: int, raw: Any, *, metrics_default, saves_default) -> RunSp
             raise ExperimentError(
                 t.key("t1"),
                 "missing; give the horizon as `t1 = 1e4`, or as `log_t1 = 1000` (the "
-                "natural log of t, for horizons past float64, with `clock = \"log\"`)",
+                'natural log of t, for horizons past float64, with `clock = "log"`)',
             )
         if options["clock"] == "linear":
             log_t1 = options.get("log_t1", math.log(options.get("t1", 1.0)))
@@ -578,12 +676,16 @@ def _parse_run(index: int, raw: Any, *, metrics_default, saves_default) -> RunSp
                 raise ExperimentError(
                     t.key("log_t1" if "log_t1" in options else "t1"),
                     f"t1 = e^{log_t1:.6g} overflows float64 on the linear clock; add "
-                    "`clock = \"log\"` to this run",
+                    '`clock = "log"` to this run',
                 )
-        for name, check in (("solver", _choice("solver", _solver_names())),
-                            ("rtol", _number(positive=True)), ("atol", _number(positive=True)),
-                            ("dt0", _number(positive=True)), ("max_steps", _integer(1)),
-                            ("checkpoint_every", _integer(1))):
+        for name, check in (
+            ("solver", _choice("solver", _solver_names())),
+            ("rtol", _number(positive=True)),
+            ("atol", _number(positive=True)),
+            ("dt0", _number(positive=True)),
+            ("max_steps", _integer(1)),
+            ("checkpoint_every", _integer(1)),
+        ):
             v = t.take(name, check, default=_MISSING)
             if v is not _MISSING:
                 options[name] = v
@@ -592,26 +694,57 @@ def _parse_run(index: int, raw: Any, *, metrics_default, saves_default) -> RunSp
         default_label = {"gradient": "GF", "natural": "NGF"}[flow]
     else:
         kind = "descent"
-        opt = t.take("optimizer", _choice("optimizer", OPTIMIZERS,
-                                         normalise=lambda s: s.lower().replace("_", "-")))
-        flow_only = {k: "a key of flow runs; a descent takes `lr` and `steps` (it "
-                     "reaches t = lr × steps)" for k in _FLOW_KEYS if k not in _DESCENT_KEYS}
-        t.done(_DESCENT_KEYS, f'of an optimizer run (optimizer = "{opt}")',
-               {**hints, **{k: f"`{k}` is {v}" for k, v in flow_only.items()}})
+        opt = t.take(
+            "optimizer",
+            _choice(
+                "optimizer", OPTIMIZERS, normalise=lambda s: s.lower().replace("_", "-")
+            ),
+        )
+        flow_only = {
+            k: "a key of flow runs; a descent takes `lr` and `steps` (it "
+            "reaches t = lr × steps)"
+            for k in _FLOW_KEYS
+            if k not in _DESCENT_KEYS
+        }
+        t.done(
+            _DESCENT_KEYS,
+            f'of an optimizer run (optimizer = "{opt}")',
+            {**hints, **{k: f"`{k}` is {v}" for k, v in flow_only.items()}},
+        )
         options["optimizer"] = opt
-        options["lr"] = t.take("lr", _number(positive=True), required="the step size, e.g. `lr = 1.0`")
-        options["steps"] = t.take("steps", _integer(1), required="the number of steps, e.g. `steps = 10000`")
+        options["lr"] = t.take(
+            "lr", _number(positive=True), required="the step size, e.g. `lr = 1.0`"
+        )
+        options["steps"] = t.take(
+            "steps", _integer(1), required="the number of steps, e.g. `steps = 10000`"
+        )
         default_label = opt.upper() if opt in ("gd", "ngd") else opt
     label = default_label if label is None else label
     slug = _slug(label)
     if not slug:
-        raise ExperimentError(f"run[{index}].label", f"{_show(label)} gives no usable file name; use letters or digits")
-    return RunSpec(index=index, label=label, slug=slug, kind=kind, options=options,
-                   metrics=tuple(metrics), saves=saves, own_metrics=own_metrics)
+        raise ExperimentError(
+            f"run[{index}].label",
+            f"{_show(label)} gives no usable file name; use letters or digits",
+        )
+    return RunSpec(
+        index=index,
+        label=label,
+        slug=slug,
+        kind=kind,
+        options=options,
+        metrics=tuple(metrics),
+        saves=saves,
+        own_metrics=own_metrics,
+    )
 
 
-def parse_dict(raw: dict, *, source: str | None = None, text: str | None = None,
-               default_name: str = "experiment") -> Experiment:
+def parse_dict(
+    raw: dict,
+    *,
+    source: str | None = None,
+    text: str | None = None,
+    default_name: str = "experiment",
+) -> Experiment:
     """Validate the parsed TOML of an experiment file (no arrays are built)."""
     try:
         return _parse_dict(raw, source=source, text=text, default_name=default_name)
@@ -625,9 +758,12 @@ def _parse_dict(raw, *, source, text, default_name) -> Experiment:
     # as a confusing error elsewhere.
     run_keys = set(_FLOW_KEYS) | set(_DESCENT_KEYS) | set(_natural_params())
     top.done(
-        list(_TOP_KEYS), "at the top level",
-        {k: f"`{k}` is a key of a [[run]] table, not of the top level"
-         for k in run_keys - set(_TOP_KEYS)},
+        list(_TOP_KEYS),
+        "at the top level",
+        {
+            k: f"`{k}` is a key of a [[run]] table, not of the top level"
+            for k in run_keys - set(_TOP_KEYS)
+        },
     )
     top.data = dict(raw)
     name = top.take("name", _string, default=default_name)
@@ -639,66 +775,119 @@ def _parse_dict(raw, *, source, text, default_name) -> Experiment:
     metrics = top.take("metrics", _names("metric", _metric_names()), default=None)
 
     # [data]
-    data_t = _Table(top.take("data", required="add a [data] table, e.g. kind = \"separable_gaussian\""),
-                    "data", "the data set")
-    data_kind = data_t.take("kind", _choice("data set", _DATA_NAMES),
-                            required=f"name a generator of fs.datasets: {', '.join(_DATA_NAMES)}")
+    data_t = _Table(
+        top.take(
+            "data", required='add a [data] table, e.g. kind = "separable_gaussian"'
+        ),
+        "data",
+        "the data set",
+    )
+    data_kind = data_t.take(
+        "kind",
+        _choice("data set", _DATA_NAMES),
+        required=f"name a generator of fs.datasets: {', '.join(_DATA_NAMES)}",
+    )
     # `kind` is this table's own key: two_d_nonlinear's `kind` goes in the name.
     params = _signature_params(_generator(data_kind)[0], exclude=("kind",))
     data_t.take("seed", _integer(0), default=None)  # checked here, kept below
     data_seed = raw["data"].get("seed", seed)
     data_t.done(list(params), f'of data set "{data_kind}"')
-    data_kwargs = _check_kwargs("data", {k: v for k, v in raw["data"].items() if k not in ("kind", "seed")}, params)
+    data_kwargs = _check_kwargs(
+        "data",
+        {k: v for k, v in raw["data"].items() if k not in ("kind", "seed")},
+        params,
+    )
     data = {"kind": data_kind, **data_kwargs, "seed": data_seed}
 
     # [model]
-    model_t = _Table(top.take("model", required="add a [model] table, e.g. kind = \"Linear\""),
-                     "model", "the model")
-    model_kind = model_t.take("kind", _choice("model", MODELS),
-                              required=f"name a class of fs.models: {', '.join(MODELS)}")
+    model_t = _Table(
+        top.take("model", required='add a [model] table, e.g. kind = "Linear"'),
+        "model",
+        "the model",
+    )
+    model_kind = model_t.take(
+        "kind",
+        _choice("model", MODELS),
+        required=f"name a class of fs.models: {', '.join(MODELS)}",
+    )
     cls = _model_classes()[model_kind]
     mparams = _signature_params(cls.__init__, exclude=("key",))
     model_t.take("seed", _integer(0), default=None)
     model_seed = raw["model"].get("seed", seed)
-    model_t.done(list(mparams) + ["seed"], f'of model "{model_kind}"',
-                 {"key": "the initialisation key comes from `seed` (this table's, or the top-level one)"})
+    model_t.done(
+        list(mparams) + ["seed"],
+        f'of model "{model_kind}"',
+        {
+            "key": "the initialisation key comes from `seed` (this table's, or the top-level one)"
+        },
+    )
     model_kwargs = _check_kwargs(
-        "model", {k: v for k, v in raw["model"].items() if k not in ("kind", "seed")}, mparams
+        "model",
+        {k: v for k, v in raw["model"].items() if k not in ("kind", "seed")},
+        mparams,
     )
     for pname, p in mparams.items():
-        if p.default is inspect.Parameter.empty and pname not in ("d", "shape") and pname not in model_kwargs:
-            raise ExperimentError(f"model.{pname}", f"missing; {model_kind} needs `{pname}`")
+        if (
+            p.default is inspect.Parameter.empty
+            and pname not in ("d", "shape")
+            and pname not in model_kwargs
+        ):
+            raise ExperimentError(
+                f"model.{pname}", f"missing; {model_kind} needs `{pname}`"
+            )
     model = {"kind": model_kind, **model_kwargs, "seed": model_seed}
 
     # loss: a string or a table with `kind`
-    loss_raw = top.take("loss", required="add `loss = \"logistic\"` (or exponential, squared)")
+    loss_raw = top.take(
+        "loss", required='add `loss = "logistic"` (or exponential, squared)'
+    )
     if isinstance(loss_raw, str):
         loss_raw = {"kind": loss_raw}
     loss_t = _Table(loss_raw, "loss", "the loss")
-    loss_kind = loss_t.take("kind", _choice("loss", LOSSES), required="logistic, exponential or squared")
+    loss_kind = loss_t.take(
+        "kind", _choice("loss", LOSSES), required="logistic, exponential or squared"
+    )
     loss_t.done(["kind"], "of the loss")
     loss = {"kind": loss_kind}
 
     classification = loss_kind in _CLASSIFICATION_LOSSES
     if reference in ("l2", "l1") and not classification:
-        raise ExperimentError("reference", f"{_show(reference)} is a max-margin classifier: it needs a classification loss (logistic or exponential), not {_show(loss_kind)}")
+        raise ExperimentError(
+            "reference",
+            f"{_show(reference)} is a max-margin classifier: it needs a classification loss (logistic or exponential), not {_show(loss_kind)}",
+        )
     if reference in ("min_l2", "min_l1") and classification:
-        raise ExperimentError("reference", f"{_show(reference)} is a minimum-norm interpolant: it needs the squared loss")
+        raise ExperimentError(
+            "reference",
+            f"{_show(reference)} is a minimum-norm interpolant: it needs the squared loss",
+        )
     if reference == "nuclear" and data_kind not in _MATRIX_DATA:
-        raise ExperimentError("reference", f"\"nuclear\" (minimum nuclear-norm solution) needs matrix data ({', '.join(_MATRIX_DATA)}), not {_show(data_kind)}")
+        raise ExperimentError(
+            "reference",
+            f'"nuclear" (minimum nuclear-norm solution) needs matrix data ({", ".join(_MATRIX_DATA)}), not {_show(data_kind)}',
+        )
     if reference == "truth" and data_kind.startswith("two_d_nonlinear"):
-        raise ExperimentError("reference", "the data set \"two_d_nonlinear\" has no ground truth to compare with")
+        raise ExperimentError(
+            "reference",
+            'the data set "two_d_nonlinear" has no ground truth to compare with',
+        )
 
     # [[run]]
-    runs_raw = top.take("run", required="add at least one [[run]] table (a flow or an optimizer)")
+    runs_raw = top.take(
+        "run", required="add at least one [[run]] table (a flow or an optimizer)"
+    )
     if isinstance(runs_raw, dict):
-        raise ExperimentError("run", "write each run as [[run]] (an array of tables), not [run]")
+        raise ExperimentError(
+            "run", "write each run as [[run]] (an array of tables), not [run]"
+        )
     if not isinstance(runs_raw, list) or not runs_raw:
         raise ExperimentError("run", "expected one or more [[run]] tables")
     metrics_default = metrics if metrics is not None else _default_metrics(loss_kind)
     runs = []
     for i, r in enumerate(runs_raw):
-        runs.append(_parse_run(i, r, metrics_default=metrics_default, saves_default=saves))
+        runs.append(
+            _parse_run(i, r, metrics_default=metrics_default, saves_default=saves)
+        )
     seen: dict[str, int] = {}
     for r in runs:
         for key in (r.label, r.slug.lower()):
@@ -713,14 +902,19 @@ def _parse_dict(raw, *, source, text, default_name) -> Experiment:
     plot_t = _Table(top.take("plot", default={}), "plot", "the plots")
     recorded = {m for r in runs for m in r.metrics}
     default_plot = _default_plot_metrics(recorded, reference)
-    pmetrics = plot_t.take("metrics", _names("plot metric", _plot_metric_names()), default=default_plot)
+    pmetrics = plot_t.take(
+        "metrics", _names("plot metric", _plot_metric_names()), default=default_plot
+    )
     formats = plot_t.take("formats", _names("format", PLOT_FORMATS), default=["png"])
     dpi = plot_t.take("dpi", _integer(10), default=150)
     title = plot_t.take("title", _string, default=None)
     log_time = plot_t.take("log_time", _boolean, default=True)
-    log10_t_scale = plot_t.take("log10_t_scale", _choice("scale", ("auto", "linear", "log")),
-                                default="auto")
-    plot_t.done(["metrics", "formats", "dpi", "title", "log_time", "log10_t_scale"], "of [plot]")
+    log10_t_scale = plot_t.take(
+        "log10_t_scale", _choice("scale", ("auto", "linear", "log")), default="auto"
+    )
+    plot_t.done(
+        ["metrics", "formats", "dpi", "title", "log_time", "log10_t_scale"], "of [plot]"
+    )
     from ._plot import DERIVED
 
     for j, m in enumerate(pmetrics):
@@ -732,17 +926,36 @@ def _parse_dict(raw, *, source, text, default_name) -> Experiment:
                 f"it to `metrics` (recorded: {', '.join(sorted(recorded))})",
             )
         if m == "margin_gap" and reference != "l2":
-            raise ExperimentError(f"plot.metrics[{j}]", "\"margin_gap\" is the gap to the ℓ2 max-margin: set `reference = \"l2\"`")
+            raise ExperimentError(
+                f"plot.metrics[{j}]",
+                '"margin_gap" is the gap to the ℓ2 max-margin: set `reference = "l2"`',
+            )
         if m == "margin_l1_gap" and reference != "l1":
-            raise ExperimentError(f"plot.metrics[{j}]", "\"margin_l1_gap\" is the gap to the ℓ1 max-margin: set `reference = \"l1\"`")
+            raise ExperimentError(
+                f"plot.metrics[{j}]",
+                '"margin_l1_gap" is the gap to the ℓ1 max-margin: set `reference = "l1"`',
+            )
     return Experiment(
-        name=name, description=description, seed=seed, data=data, model=model, loss=loss,
-        reference=reference, runs=tuple(runs),
-        plot=PlotSpec(metrics=tuple(pmetrics), formats=tuple(formats), dpi=dpi,
-                      title=title, log_time=log_time, log10_t_scale=log10_t_scale,
-                      default_metrics=pmetrics is default_plot),
+        name=name,
+        description=description,
+        seed=seed,
+        data=data,
+        model=model,
+        loss=loss,
+        reference=reference,
+        runs=tuple(runs),
+        plot=PlotSpec(
+            metrics=tuple(pmetrics),
+            formats=tuple(formats),
+            dpi=dpi,
+            title=title,
+            log_time=log_time,
+            log10_t_scale=log10_t_scale,
+            default_metrics=pmetrics is default_plot,
+        ),
         default_metrics=not metrics_given and not any(r.own_metrics for r in runs),
-        source=source, text=text,
+        source=source,
+        text=text,
     )
 
 
@@ -770,7 +983,9 @@ def _default_plot_metrics(recorded: set[str], reference: str) -> list[str]:
     return out or sorted(recorded)[:1]
 
 
-def parse(text: str, *, source: str | None = None, default_name: str = "experiment") -> Experiment:
+def parse(
+    text: str, *, source: str | None = None, default_name: str = "experiment"
+) -> Experiment:
     """Parse and validate the text of an experiment file."""
     try:
         raw = tomllib.loads(text)
@@ -785,9 +1000,13 @@ def load(path: str | Path) -> Experiment:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
-        raise ExperimentError(None, f"cannot read the experiment file: {e.strerror or e}", str(path)) from None
+        raise ExperimentError(
+            None, f"cannot read the experiment file: {e.strerror or e}", str(path)
+        ) from None
     except UnicodeDecodeError:
-        raise ExperimentError(None, "the experiment file is not UTF-8 text", str(path)) from None
+        raise ExperimentError(
+            None, "the experiment file is not UTF-8 text", str(path)
+        ) from None
     return parse(text, source=str(path), default_name=path.stem)
 
 
@@ -854,7 +1073,9 @@ def _applicable(exp: Experiment, problem, model) -> Experiment:
     runs = tuple(dataclasses.replace(r, metrics=tuple(keep)) for r in exp.runs)
     plot = exp.plot
     if plot.default_metrics:
-        plot = dataclasses.replace(plot, metrics=tuple(_default_plot_metrics(set(keep), exp.reference)))
+        plot = dataclasses.replace(
+            plot, metrics=tuple(_default_plot_metrics(set(keep), exp.reference))
+        )
     return dataclasses.replace(exp, runs=runs, plot=plot)
 
 
@@ -878,12 +1099,18 @@ def _build(exp: Experiment) -> Built:
     params = _signature_params(cls.__init__, exclude=())
     if "d" in params and "d" not in kwargs:
         if np.ndim(X) != 2 or not np.issubdtype(np.asarray(X).dtype, np.floating):
-            raise ExperimentError("model.d", f"cannot infer the input dimension from data of shape {np.shape(X)}; give `d`")
+            raise ExperimentError(
+                "model.d",
+                f"cannot infer the input dimension from data of shape {np.shape(X)}; give `d`",
+            )
         kwargs["d"] = int(np.shape(X)[1])
     if "shape" in params and "shape" not in kwargs:
         shape = dataset.info.get("shape")
         if shape is None:
-            raise ExperimentError("model.shape", f"the data set {_show(exp.data['kind'])} has no matrix shape; give `shape = [m, n]`")
+            raise ExperimentError(
+                "model.shape",
+                f"the data set {_show(exp.data['kind'])} has no matrix shape; give `shape = [m, n]`",
+            )
         kwargs["shape"] = tuple(shape)
     if "key" in params:
         kwargs["key"] = jr.key(exp.model["seed"])
@@ -896,7 +1123,10 @@ def _build(exp: Experiment) -> Built:
     try:
         problem = Problem(model, loss, X, y)
     except ValueError as e:
-        raise ExperimentError("loss", f"{e} (data {_show(exp.data['kind'])}, model {_show(exp.model['kind'])})") from None
+        raise ExperimentError(
+            "loss",
+            f"{e} (data {_show(exp.data['kind'])}, model {_show(exp.model['kind'])})",
+        ) from None
 
     if exp.default_metrics:
         exp = _applicable(exp, problem, model)
@@ -914,7 +1144,11 @@ def _build(exp: Experiment) -> Built:
                     flow = NaturalGradientFlow(problem, **natural)
                 except (ValueError, TypeError) as e:
                     raise _library_error(path, e, list(natural)) from None
-            if "solver" in o and "dt0" not in o and not _adaptive(o["solver"], o["clock"]):
+            if (
+                "solver" in o
+                and "dt0" not in o
+                and not _adaptive(o["solver"], o["clock"])
+            ):
                 raise ExperimentError(
                     f"{path}.dt0",
                     f"missing; solver {_show(o['solver'])} has no error estimate and "
@@ -931,12 +1165,22 @@ def _build(exp: Experiment) -> Built:
         try:
             _metrics.resolve(spec.metrics, problem, model)
         except ValueError as e:
-            raise ExperimentError(f"{path}.metrics" if spec.own_metrics else "metrics", str(e)) from None
-        runs.append(BuiltRun(spec=spec, flow=flow, optimizer=optimizer, hash=exp.run_hash(spec)))
+            raise ExperimentError(
+                f"{path}.metrics" if spec.own_metrics else "metrics", str(e)
+            ) from None
+        runs.append(
+            BuiltRun(spec=spec, flow=flow, optimizer=optimizer, hash=exp.run_hash(spec))
+        )
 
     reference = _reference(exp, dataset, problem)
-    return Built(experiment=exp, dataset=dataset, problem=problem, model=model,
-                 reference=reference, runs=runs)
+    return Built(
+        experiment=exp,
+        dataset=dataset,
+        problem=problem,
+        model=model,
+        reference=reference,
+        runs=runs,
+    )
 
 
 def _reference(exp: Experiment, dataset, problem):
@@ -958,7 +1202,9 @@ def _reference(exp: Experiment, dataset, problem):
             return ref.min_nuclear_norm_sensing(shape, X, y)
         # truth
         if dataset.truth is None:
-            raise ValueError(f"the data set {_show(exp.data['kind'])} has no ground truth")
+            raise ValueError(
+                f"the data set {_show(exp.data['kind'])} has no ground truth"
+            )
         return np.asarray(dataset.truth)
     except ValueError as e:
         raise ExperimentError("reference", str(e)) from None
@@ -1018,9 +1264,12 @@ def _reference_info(kind: str, reference) -> dict | None:
         return None
     info: dict[str, Any] = {"kind": kind}
     if isinstance(reference, MaxMargin):
-        info.update(margin=float(reference.margin), norm=int(reference.norm),
-                    support=[int(i) for i in reference.support],
-                    residual=_finite(reference.residual))
+        info.update(
+            margin=float(reference.margin),
+            norm=int(reference.norm),
+            support=[int(i) for i in reference.support],
+            residual=_finite(reference.residual),
+        )
         return info
     ref = np.asarray(reference, dtype=float)
     info["norm"] = float(np.linalg.norm(ref))
@@ -1031,15 +1280,27 @@ def _reference_info(kind: str, reference) -> dict | None:
     return info
 
 
-def _run_record(spec: RunSpec, traj, file: str | None, status: str, row: dict | None) -> dict:
-    rec: dict[str, Any] = {"label": spec.label, "file": file, "kind": spec.kind, "status": status}
+def _run_record(
+    spec: RunSpec, traj, file: str | None, status: str, row: dict | None
+) -> dict:
+    rec: dict[str, Any] = {
+        "label": spec.label,
+        "file": file,
+        "kind": spec.kind,
+        "status": status,
+    }
     o = spec.options
     if spec.kind == "flow":
         rec.update(flow=o["flow"], clock=o["clock"])
         rec["log_t1"] = o["log_t1"] if "log_t1" in o else math.log(o["t1"])
     else:
         rec.update(optimizer=o["optimizer"], lr=o["lr"], steps_requested=o["steps"])
-        rec["log_t1"] = math.log(o["lr"] * o["steps"])
+        # Loss-scaled GD's time steps lr / L are only known as it runs.
+        rec["log_t1"] = (
+            None
+            if o["optimizer"] == "loss-scaled-gd"
+            else math.log(o["lr"] * o["steps"])
+        )
     if traj is None:
         return rec
     stats = traj.stats
@@ -1064,8 +1325,15 @@ def _run_record(spec: RunSpec, traj, file: str | None, status: str, row: dict | 
         final[name] = values[-1] if len(values) else None
     rec["final"] = final
     if row is not None:
-        for key in ("log10_loss", "margin", "margin_gap", "cosine", "distance",
-                    "effective_rank", "test_error"):
+        for key in (
+            "log10_loss",
+            "margin",
+            "margin_gap",
+            "cosine",
+            "distance",
+            "effective_rank",
+            "test_error",
+        ):
             rec[key] = row.get(key)
     return _jsonable(rec)
 
@@ -1075,15 +1343,26 @@ def _compare_row(built: Built, label: str, traj) -> dict | None:
 
     ds = built.dataset
     try:
-        cmp = compare(built.problem, {label: traj}, reference=built.reference,
-                      X_test=ds.X_test, y_test=ds.y_test)
+        cmp = compare(
+            built.problem,
+            {label: traj},
+            reference=built.reference,
+            X_test=ds.X_test,
+            y_test=ds.y_test,
+        )
     except ValueError:  # e.g. a model whose final state has no finite prediction
         return None
     return cmp.rows[0]
 
 
-def _write_summary(out: Path, built: Built, records: list[dict], plots: list[Path],
-                   started: float, complete: bool) -> Path:
+def _write_summary(
+    out: Path,
+    built: Built,
+    records: list[dict],
+    plots: list[Path],
+    started: float,
+    complete: bool,
+) -> Path:
     import jax
 
     from . import __version__
@@ -1104,8 +1383,11 @@ def _write_summary(out: Path, built: Built, records: list[dict], plots: list[Pat
     }
     path = out / SUMMARY
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(_jsonable(summary), indent=2, allow_nan=False,
-                              ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.write_text(
+        json.dumps(_jsonable(summary), indent=2, allow_nan=False, ensure_ascii=False)
+        + "\n",
+        encoding="utf-8",
+    )
     tmp.replace(path)  # never a torn summary, even on Ctrl-C
     return path
 
@@ -1118,42 +1400,74 @@ def _execute(built: Built, br: BuiltRun, checkpoint: Path, progress: bool):
     spec, o = br.spec, br.spec.options
     saveat = SaveAt(num=spec.saves)
     if spec.kind == "descent":
-        return descend(built.problem, built.model, optimizer=br.optimizer, lr=o["lr"],
-                       steps=o["steps"], saveat=saveat, metrics=spec.metrics,
-                       progress=progress)
-    kwargs = {k: o[k] for k in ("clock", "t1", "log_t1", "solver", "rtol", "atol", "dt0",
-                                "max_steps") if k in o}
+        return descend(
+            built.problem,
+            built.model,
+            optimizer=br.optimizer,
+            lr=o["lr"],
+            steps=o["steps"],
+            saveat=saveat,
+            metrics=spec.metrics,
+            progress=progress,
+        )
+    kwargs = {
+        k: o[k]
+        for k in ("clock", "t1", "log_t1", "solver", "rtol", "atol", "dt0", "max_steps")
+        if k in o
+    }
     # About ten chunks: a checkpoint after each, so an interruption loses at most a
     # tenth of the run.
     every = o.get("checkpoint_every", max(1, math.ceil(spec.saves / 10)))
     for attempt in (0, 1):
         try:
-            return solve(br.flow, built.model, saveat=saveat, metrics=spec.metrics,
-                         progress=progress, checkpoint=checkpoint,
-                         checkpoint_every=every, **kwargs)
+            return solve(
+                br.flow,
+                built.model,
+                saveat=saveat,
+                metrics=spec.metrics,
+                progress=progress,
+                checkpoint=checkpoint,
+                checkpoint_every=every,
+                **kwargs,
+            )
         except ValueError as e:
             # A checkpoint left by another version of this run: start afresh.
             if attempt == 0 and checkpoint.exists() and "checkpoint" in str(e):
                 checkpoint.unlink()
                 continue
-            raise ExperimentError(f"run[{spec.index}]", str(e), built.experiment.source) from None
+            raise ExperimentError(
+                f"run[{spec.index}]", str(e), built.experiment.source
+            ) from None
     raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _result_line(traj) -> str:
     stats = traj.stats
     parts = [traj.result.name]
+    when = (
+        f"t = {traj.t_final:.6g}"
+        if traj.log_t_final < 700
+        else f"log t = {traj.log_t_final:.6g}"
+    )
     if traj.info.get("kind") == "flow":
         parts.append(f"log t = {traj.log_t_final:.6g}")
         parts.append(f"{stats.get('num_accepted_steps')} steps")
     else:
-        parts.append(f"{stats.get('num_steps')} steps, t = {traj.t_final:.6g}")
-    parts.append(f"{stats.get('wall_time', 0.0):.2f} s + {stats.get('compile_time', 0.0):.1f} s compile")
+        parts.append(f"{stats.get('num_steps')} steps, {when}")
+    parts.append(
+        f"{stats.get('wall_time', 0.0):.2f} s + {stats.get('compile_time', 0.0):.1f} s compile"
+    )
     return ", ".join(parts)
 
 
-def run(built: Built, out: str | Path, *, force: bool = False, progress: bool = True,
-        echo: Callable[[str], None] = print) -> Outcome:
+def run(
+    built: Built,
+    out: str | Path,
+    *,
+    force: bool = False,
+    progress: bool = True,
+    echo: Callable[[str], None] = print,
+) -> Outcome:
     """Run every `[[run]]` of a built experiment into the folder `out`.
 
     Each trajectory is saved to `out/<label>.traj` as soon as it finishes, and
@@ -1182,7 +1496,9 @@ def run(built: Built, out: str | Path, *, force: bool = False, progress: bool = 
         head = f"[{i + 1}/{n}] {spec.label}"
         path = out / f"{spec.slug}.traj"
         ckpt = ckpt_dir / f"{spec.slug}-{br.hash}.ckpt"
-        stale = [p for p in ckpt_dir.glob(f"{glob_escape(spec.slug)}-*.ckpt") if p != ckpt]
+        stale = [
+            p for p in ckpt_dir.glob(f"{glob.escape(spec.slug)}-*.ckpt") if p != ckpt
+        ]
         if force:
             stale.append(ckpt)
         for p in stale:
@@ -1192,30 +1508,47 @@ def run(built: Built, out: str | Path, *, force: bool = False, progress: bool = 
                 old = Trajectory.load(path)
             except Exception:  # unreadable or from another version: recompute
                 old = None
-            same = old is not None and old.info.get("experiment", {}).get("hash") == br.hash
+            same = (
+                old is not None
+                and old.info.get("experiment", {}).get("hash") == br.hash
+            )
             if same and old.result is not RESULTS.interrupted:
-                echo(f"{head}: already done ({path.name}: {_result_line(old)}); --force recomputes it")
+                echo(
+                    f"{head}: already done ({path.name}: {_result_line(old)}); --force recomputes it"
+                )
                 trajs[spec.label], files[spec.label] = old, path
-                records[i] = _run_record(spec, old, path.name, "reused",
-                                         _compare_row(built, spec.label, old))
+                records[i] = _run_record(
+                    spec, old, path.name, "reused", _compare_row(built, spec.label, old)
+                )
                 continue
             if not same:
                 echo(f"{head}: {path.name} was made with other settings; recomputing")
         resuming = ckpt.exists()
-        how = " (resuming from its checkpoint)" if resuming else (
-            " (starting over: descents cannot resume)"
-            if spec.kind == "descent" and path.exists() and not force else "")
+        how = (
+            " (resuming from its checkpoint)"
+            if resuming
+            else (
+                " (starting over: descents cannot resume)"
+                if spec.kind == "descent" and path.exists() and not force
+                else ""
+            )
+        )
         echo(f"{head}: {spec.describe()}{how}")
         ckpt_dir.mkdir(exist_ok=True)
         traj = _execute(built, br, ckpt, progress)
-        traj.info["experiment"] = {"name": exp.name, "label": spec.label, "hash": br.hash}
+        traj.info["experiment"] = {
+            "name": exp.name,
+            "label": spec.label,
+            "hash": br.hash,
+        }
         traj.save(path)
         if traj.result is not RESULTS.interrupted:
             ckpt.unlink(missing_ok=True)
         trajs[spec.label], files[spec.label] = traj, path
         status = "interrupted" if traj.result is RESULTS.interrupted else "done"
-        records[i] = _run_record(spec, traj, path.name, status,
-                                 _compare_row(built, spec.label, traj))
+        records[i] = _run_record(
+            spec, traj, path.name, status, _compare_row(built, spec.label, traj)
+        )
         _write_summary(out, built, records, [], started, complete=False)
         echo(f"{head}: {_result_line(traj)} → {path}")
         if status == "interrupted":
@@ -1227,18 +1560,22 @@ def run(built: Built, out: str | Path, *, force: bool = False, progress: bool = 
     if interrupted is None:
         ref = _reference_info(exp.reference, built.reference)
         plots = write_plots(out, exp, trajs, ref)
-    failed = [label for label, t in trajs.items()
-              if not t.success and t.result is not RESULTS.interrupted]
-    summary = _write_summary(out, built, records, plots, started,
-                             complete=interrupted is None)
-    return Outcome(out=out, summary=summary, trajectories=files, plots=plots,
-                   failed=failed, interrupted=interrupted)
-
-
-def glob_escape(text: str) -> str:
-    import glob
-
-    return glob.escape(text)
+    failed = [
+        label
+        for label, t in trajs.items()
+        if not t.success and t.result is not RESULTS.interrupted
+    ]
+    summary = _write_summary(
+        out, built, records, plots, started, complete=interrupted is None
+    )
+    return Outcome(
+        out=out,
+        summary=summary,
+        trajectories=files,
+        plots=plots,
+        failed=failed,
+        interrupted=interrupted,
+    )
 
 
 # -------------------------------------------------------------------------- plots
@@ -1260,7 +1597,9 @@ def _panel_reference(metric: str, ref: dict | None):
         s = np.asarray(ref["singular_values"])
         # Only the singular values that are really there (an SDP leaves ~1e-8).
         s = s[s > 1e-6 * s[0]] if s[0] > 0 else s[:1]
-        what = {"nuclear": "min nuclear norm", "truth": "truth"}.get(ref["kind"], ref["kind"])
+        what = {"nuclear": "min nuclear norm", "truth": "truth"}.get(
+            ref["kind"], ref["kind"]
+        )
         return s.tolist(), f"σ({what})"
     return None, None
 
@@ -1271,8 +1610,11 @@ def _log10_t_scale(spec: PlotSpec, trajs: dict) -> str:
     linear one would squeeze the shorter runs against its left edge."""
     if spec.log10_t_scale != "auto":
         return spec.log10_t_scale
-    ends = [float(np.max(t.log_ts[np.isfinite(t.log_ts)]))
-            for t in trajs.values() if np.any(np.isfinite(t.log_ts))]
+    ends = [
+        float(np.max(t.log_ts[np.isfinite(t.log_ts)]))
+        for t in trajs.values()
+        if np.any(np.isfinite(t.log_ts))
+    ]
     ends = [e for e in ends if e > 0]
     return "log" if ends and max(ends) > 10 * min(ends) else "linear"
 
@@ -1283,12 +1625,20 @@ def _draw(ax, metric: str, trajs: dict, ref: dict | None, spec: PlotSpec) -> Non
     need = DERIVED.get(metric, metric)
     chosen = {label: t for label, t in trajs.items() if need in t.metrics}
     labels = [
-        label if t.success else f"{label} ({t.result.name})" for label, t in chosen.items()
+        label if t.success else f"{label} ({t.result.name})"
+        for label, t in chosen.items()
     ]
     reference, ref_label = _panel_reference(metric, ref)
-    convergence(list(chosen.values()), metric, reference=reference,
-                reference_label=ref_label, labels=labels, ax=ax, log_time=spec.log_time,
-                log10_t_scale=_log10_t_scale(spec, chosen))
+    convergence(
+        list(chosen.values()),
+        metric,
+        reference=reference,
+        reference_label=ref_label,
+        labels=labels,
+        ax=ax,
+        log_time=spec.log_time,
+        log10_t_scale=_log10_t_scale(spec, chosen),
+    )
     if metric in ("margin", "margin_l1") and reference is not None and reference > 0:
         # Zoom in on the approach to γ*: the early, strongly negative margins of a
         # random initialisation would flatten it.
@@ -1296,9 +1646,15 @@ def _draw(ax, metric: str, trajs: dict, ref: dict | None, spec: PlotSpec) -> Non
         ax.set_ylim(max(lo, -reference), hi)
 
 
-def write_plots(out: Path, exp: Experiment, trajs: dict, ref: dict | None, *,
-                metrics: Sequence[str] | None = None,
-                formats: Sequence[str] | None = None) -> list[Path]:
+def write_plots(
+    out: Path,
+    exp: Experiment,
+    trajs: dict,
+    ref: dict | None,
+    *,
+    metrics: Sequence[str] | None = None,
+    formats: Sequence[str] | None = None,
+) -> list[Path]:
     """Write `overview.<format>` (all metrics, one panel each) and `<metric>.<format>`
     (one figure per metric) into `out`; each panel overlays every run that recorded
     what it needs."""
@@ -1315,7 +1671,7 @@ def write_plots(out: Path, exp: Experiment, trajs: dict, ref: dict | None, *,
     written = []
     overview = Figure(figsize=(5.2 * cols, 4.2 * rows), dpi=100, layout="constrained")
     axes = overview.subplots(rows, cols, squeeze=False).ravel()
-    for ax in axes[len(metrics):]:
+    for ax in axes[len(metrics) :]:
         ax.remove()
     for ax, metric in zip(axes, metrics):
         _draw(ax, metric, trajs, ref, spec)
@@ -1335,8 +1691,12 @@ def write_plots(out: Path, exp: Experiment, trajs: dict, ref: dict | None, *,
     return written
 
 
-def replot(out: str | Path, *, metrics: Sequence[str] | None = None,
-           formats: Sequence[str] | None = None) -> list[Path]:
+def replot(
+    out: str | Path,
+    *,
+    metrics: Sequence[str] | None = None,
+    formats: Sequence[str] | None = None,
+) -> list[Path]:
     """Regenerate the plots of a results folder written by `run`, from its
     `summary.json` and saved trajectories (nothing is solved)."""
     from ._plot import DERIVED
@@ -1345,12 +1705,17 @@ def replot(out: str | Path, *, metrics: Sequence[str] | None = None,
     out = Path(out)
     path = out / SUMMARY
     if not path.exists():
-        raise ExperimentError(None, f"no {SUMMARY} in {out}: run `flowsolve run EXPERIMENT.toml --out {out}` first")
+        raise ExperimentError(
+            None,
+            f"no {SUMMARY} in {out}: run `flowsolve run EXPERIMENT.toml --out {out}` first",
+        )
     try:
         summary = json.loads(path.read_text(encoding="utf-8"))
         exp = parse_dict(summary["experiment"], source=str(path))
     except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise ExperimentError(None, f"not a flowsolve results summary ({e})", str(path)) from None
+        raise ExperimentError(
+            None, f"not a flowsolve results summary ({e})", str(path)
+        ) from None
     trajs = {}
     for rec in summary.get("runs", []):
         file = rec.get("file")
@@ -1366,12 +1731,24 @@ def replot(out: str | Path, *, metrics: Sequence[str] | None = None,
                 raise _unknown_option("--metrics", m, known)
             need = DERIVED.get(m, m)
             if need not in recorded:
-                raise ExperimentError("--metrics", f"{_show(m)} needs the metric {_show(need)}, which no saved run recorded (recorded: {', '.join(sorted(recorded))})")
+                raise ExperimentError(
+                    "--metrics",
+                    f"{_show(m)} needs the metric {_show(need)}, which no saved run recorded (recorded: {', '.join(sorted(recorded))})",
+                )
         ref = summary.get("reference") or {}
         for m, norm in (("margin_gap", 2), ("margin_l1_gap", 1)):
-            if m in metrics and ref.get("norm") != norm or (m in metrics and "margin" not in ref):
-                raise ExperimentError("--metrics", f"{_show(m)} needs the ℓ{norm} max-margin reference (`reference = \"l{norm}\"` in the experiment)")
-    return write_plots(out, exp, trajs, summary.get("reference"), metrics=metrics, formats=formats)
+            if (
+                m in metrics
+                and ref.get("norm") != norm
+                or (m in metrics and "margin" not in ref)
+            ):
+                raise ExperimentError(
+                    "--metrics",
+                    f'{_show(m)} needs the ℓ{norm} max-margin reference (`reference = "l{norm}"` in the experiment)',
+                )
+    return write_plots(
+        out, exp, trajs, summary.get("reference"), metrics=metrics, formats=formats
+    )
 
 
 def _unknown_option(option: str, value: str, valid: Sequence[str]) -> ExperimentError:

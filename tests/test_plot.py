@@ -395,3 +395,19 @@ def test_a_run_with_nothing_to_draw_stays_in_the_legend():
     _, ax = fs.plot.convergence([ok, failed], "margin", labels=["ok", "failed"])
     texts = [t.get_text() for t in ax.get_legend().get_texts()]
     assert texts == ["ok", "failed (nothing to draw)"]
+
+
+def test_log10_t_axis_can_be_log_scaled():
+    flow = _long_traj(log_t1=1e4)
+    short = _long_traj(log_t1=10.0)
+    _, ax = fs.plot.convergence([flow, short], "margin_gap", reference=0.25,
+                                log10_t_scale="log")
+    # A symmetric-log axis of log10 t: both horizons readable, the data unchanged.
+    assert ax.get_xscale() == "symlog" and ax.get_xlabel() == "log₁₀ t"
+    for line, traj in zip(_data_lines(ax), [flow, short]):
+        np.testing.assert_allclose(line.get_xdata(), traj.log_ts[1:] / LN10)
+    # Below 1e250 the time axis is a plain log axis of t, whatever log10_t_scale says.
+    _, ax = fs.plot.convergence(short, "margin", log10_t_scale="log")
+    assert ax.get_xscale() == "log"
+    with pytest.raises(ValueError, match="log10_t_scale"):
+        fs.plot.convergence(flow, "margin", log10_t_scale="symlog")
