@@ -15,6 +15,7 @@ import numpy as np
 from ._compile import compile_and_run
 from ._results import RESULTS
 from ._solve import Setup, _program, finish, result_of
+from ._solver import AutoSwitch
 
 
 _FORMAT = "flowsolve.checkpoint/1"
@@ -73,6 +74,10 @@ def solve_chunked(setup: Setup, stop, checkpoint, every: int):
 
     # State carried across chunks (and stored in the checkpoint).
     y = jtu.tree_map(np.asarray, args[3])
+    # "auto"'s explicit → implicit switch is carried across chunks.
+    switching = isinstance(args[1], AutoSwitch)
+    mode = {"stiff": bool(np.asarray(args[1].stiff0)) if switching else False,
+            "switched_at": float("nan")}
     done = 0
     pieces: list[tuple[np.ndarray, dict]] = []
     counts = {"num_accepted_steps": 0, "num_rejected_steps": 0, "num_steps": 0}
@@ -93,6 +98,7 @@ def solve_chunked(setup: Setup, stop, checkpoint, every: int):
             )
         y, done, pieces, counts = saved["y"], saved["done"], saved["pieces"], saved["counts"]
         times["wall"] = saved.get("wall", 0.0)
+        mode = saved.get("mode", mode)
 
     # Progress across chunks is shown on the host, chunk by chunk (the in-solve bar
     # would only see one chunk's span).
@@ -113,6 +119,8 @@ def solve_chunked(setup: Setup, stop, checkpoint, every: int):
             args[4] = jnp.asarray(bounds[c], args[4].dtype)
             args[5] = jnp.asarray(bounds[c + 1], args[5].dtype)
             args[7] = jnp.asarray(padded, args[7].dtype)
+            if switching:
+                args[1] = eqx.tree_at(lambda s: s.stiff0, args[1], jnp.asarray(mode["stiff"]))
             out, ct, wt = compile_and_run("solve", _program, tuple(args))
             out = jtu.tree_map(np.asarray, out)
             times["compile"] += ct
@@ -126,6 +134,10 @@ def solve_chunked(setup: Setup, stop, checkpoint, every: int):
                 jtu.tree_map(lambda x, keep=keep, m=pts.size: x[:m][keep], out["saved"]),
             ))
             y = jtu.tree_map(lambda x: x[-1], out["final"])
+            if switching:
+                if bool(out["stiff"]) and not mode["stiff"]:
+                    mode["switched_at"] = float(out["switched_at"])
+                mode["stiff"] = bool(out["stiff"])
             if bar is not None:
                 bar.n = t_final - s_start
                 bar.refresh()
@@ -138,6 +150,7 @@ def solve_chunked(setup: Setup, stop, checkpoint, every: int):
                 _write(path, {
                     "format": _FORMAT, "fingerprint": fingerprint, "y": y, "done": done,
                     "pieces": pieces, "counts": counts, "wall": times["wall"],
+                    "mode": dict(mode),
                 })
             if stop is not None and stop.metric is not None and done < n_chunks:
                 s_all = np.concatenate([p[0] for p in pieces])
@@ -167,6 +180,8 @@ def solve_chunked(setup: Setup, stop, checkpoint, every: int):
         "stopped_by": stopped_by,
         **counts,
     }
+    if switching:
+        out["stiff"], out["switched_at"] = mode["stiff"], mode["switched_at"]
     traj = finish(setup, out, times["compile"], times["wall"])
     if traj.result is not RESULTS.event_occurred:
         traj.info["stopped_by"] = "horizon" if traj.result is RESULTS.successful else stopped_by

@@ -20,6 +20,7 @@ from ._results import RESULTS
 from ._saveat import SaveAt
 from ._solver import (
     AUTO_IMPLICIT_MAX_PARAMS,
+    AutoSwitch,
     CollapseGuard,
     count_params,
     evals_per_step,
@@ -109,11 +110,13 @@ def _program(args):
             out["__params__"] = y
         return out
 
+    switching = isinstance(solver, AutoSwitch)
     saveat = diffrax.SaveAt(
         subs=[
             diffrax.SubSaveAt(ts=s_save, fn=save_fn),
             diffrax.SubSaveAt(t1=True),
-        ]
+        ],
+        solver_state=switching,
     )
     event = None
     if stop_log_loss is not None:
@@ -140,7 +143,12 @@ def _program(args):
     )
     saved, final = sol.ys
     ts_saved, ts_final = sol.ts
+    extra = {}
+    if switching:
+        _, stiff, _, switched_at = sol.solver_state
+        extra = {"stiff": stiff, "switched_at": switched_at}
     return {
+        **extra,
         "saved": saved,
         "ts_saved": ts_saved,
         "final": final,
@@ -285,7 +293,8 @@ def prepare(
     ):
         stiffness = spectral_radius(flow.term(clock), s0, y0) * (s1 - s0)
     dsolver, solver_name = resolve_solver(
-        solver, clock=clock, num_params=num_params, stiffness=stiffness
+        solver, clock=clock, num_params=num_params, stiffness=stiffness, horizon=s1,
+        rtol=rtol, atol=atol,
     )
     if is_adaptive(dsolver):
         controller = CollapseGuard(
@@ -389,6 +398,13 @@ def finish(setup: Setup, out: dict, compile_time: float, wall_time: float) -> Tr
     ):
         result = RESULTS.nonfinite
     info = dict(setup.info)
+    if "stiff" in out:
+        switched_at = float(out["switched_at"])
+        info["switched_at"] = (
+            None if not math.isfinite(switched_at)
+            else float(_clock_to_log_t(switched_at, clock)[1])
+        )
+        info["solver"] = "tsit5→kvaerno5" if bool(out["stiff"]) else "tsit5"
     if result is RESULTS.event_occurred:
         info["stopped_by"] = out.get("stopped_by", "loss")
 

@@ -1,8 +1,13 @@
 """Resolve the friendly solver names to diffrax solvers, in one place."""
 
+from typing import Any
+
 import diffrax
 import equinox as eqx
+import jax
+import jax.numpy as jnp
 import jax.tree_util as jtu
+import numpy as np
 import optimistix as optx
 
 
@@ -75,8 +80,136 @@ def spectral_radius(term, s0, y0, iterations: int = 12):
     return float(run(term, jnp.asarray(s0, flat.dtype), flat))
 
 
+def _last_stage_difference(tableau) -> np.ndarray:
+    """Coefficients `d` with `y_s − y_{s−1} = Σ_j d_j k_j` for the last two stages
+    of a Runge–Kutta tableau whose last two stages share the time `c = 1`."""
+    stages = len(tableau.c) + 1
+    rows = np.zeros((stages, stages))
+    for i, row in enumerate(tableau.a_lower, start=1):
+        rows[i, : len(row)] = row
+    if getattr(tableau, "a_diagonal", None) is not None:
+        rows[np.arange(stages), np.arange(stages)] = tableau.a_diagonal
+    return rows[-1] - rows[-2]
+
+
+def last_stage_rho_h(k, d):
+    """`ρ·h ≈ ‖k_s − k_{s−1}‖ / ‖y_s − y_{s−1}‖` from a step's stage increments `k`
+    (leading axis: stages; `k_i = h·f(y_i)`) and the coefficients `d` of
+    `_last_stage_difference`: exact for a linear field along the stiff direction."""
+    ks = jtu.tree_leaves(k)
+    dk2 = sum(jnp.sum((x[-1] - x[-2]) ** 2) for x in ks)
+    dy2 = sum(jnp.sum(jnp.tensordot(jnp.asarray(d, x.dtype), x, axes=1) ** 2) for x in ks)
+    return jnp.sqrt(dk2 / jnp.where(dy2 > 0, dy2, jnp.inf))
+
+
+class _SwitchInterpolation(diffrax.AbstractLocalInterpolation):
+    """Dense output of an `AutoSwitch` step: Tsit5's own interpolant for explicit
+    steps, the cubic Hermite interpolant (Kvaerno5's) for implicit ones."""
+
+    t0: Any
+    t1: Any
+    explicit: diffrax.AbstractLocalInterpolation
+    implicit: diffrax.AbstractLocalInterpolation
+    stiff: Any
+
+    def __init__(self, *, t0, t1, y0, y1, k, stiff):
+        self.t0 = t0
+        self.t1 = t1
+        self.explicit = diffrax.Tsit5.interpolation_cls(t0=t0, t1=t1, y0=y0, y1=y1, k=k)
+        self.implicit = diffrax.Kvaerno5.interpolation_cls(t0=t0, t1=t1, y0=y0, y1=y1, k=k)
+        self.stiff = stiff
+
+    def evaluate(self, t0, t1=None, left=True):
+        a = self.explicit.evaluate(t0, t1, left)
+        b = self.implicit.evaluate(t0, t1, left)
+        return jtu.tree_map(lambda x, y: jnp.where(self.stiff, y, x), a, b)
+
+
+class AutoSwitch(diffrax.AbstractAdaptiveSolver):
+    """Tsit5 while the flow is not stiff, Kvaerno5 (+ Newton) once it is: the
+    explicit → implicit switch of stiffness-detecting composite integrators
+    (Hairer & Wanner's DOPRI5 test; DifferentialEquations.jl's `AutoTsit5(Rodas5())`).
+
+    Both methods end with two stages at `c = 1`, so each step gives a free estimate
+    of `ρ·h` (ρ the spectral radius of the vector field's Jacobian along the
+    stiff direction): `‖k_7 − k_6‖ / ‖y_7 − y_6‖` (Hairer, Nørsett & Wanner,
+    *Solving ODEs II*, IV.2). The solver switches to the implicit method when an
+    explicit one would need more than `threshold` further steps for stability
+    alone — `ρ · (horizon − t) / 3.3`, 3.3 being Tsit5's stability limit on the
+    negative real axis — on `patience` consecutive accepted steps. The switch is one
+    way: the stiffness of the flows this library solves (log-clock classification
+    flows) does not go away. Switching pays only when the remaining horizon is long,
+    because an implicit step costs 10–20 explicit ones on these problems; the
+    threshold encodes that.
+    """
+
+    explicit: diffrax.AbstractSolver
+    implicit: diffrax.AbstractSolver
+    horizon: Any
+    stiff0: Any
+    threshold: float = eqx.field(static=True, default=float(AUTO_STIFF_STEPS))
+    patience: int = eqx.field(static=True, default=5)
+
+    term_structure = diffrax.AbstractTerm
+    interpolation_cls = _SwitchInterpolation
+
+    def order(self, terms):
+        return 5
+
+    def init(self, terms, t0, t1, y0, args):
+        inner = self.explicit.init(terms, t0, t1, y0, args)
+        dtype = jnp.result_type(t0, t1, float)
+        return (
+            inner,
+            jnp.asarray(self.stiff0, bool),
+            jnp.asarray(0, jnp.int32),
+            jnp.asarray(jnp.nan, dtype),
+        )
+
+    def func(self, terms, t0, y0, args):
+        return self.explicit.func(terms, t0, y0, args)
+
+    def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
+        inner, stiff, count, switched_at = solver_state
+
+        def run(solver):
+            return lambda: solver.step(terms, t0, t1, y0, args, inner, made_jump)
+
+        y1, y_error, dense, inner1, result = jax.lax.cond(
+            stiff, run(self.implicit), run(self.explicit)
+        )
+        rho_h = last_stage_rho_h(dense["k"], jnp.where(stiff, _D_IMPLICIT, _D_EXPLICIT))
+        h = t1 - t0
+        remaining = self.horizon - t1
+        needed = rho_h / jnp.where(h > 0, h, jnp.inf) * remaining / 3.3
+        hot = jnp.isfinite(needed) & (needed > self.threshold) & ~stiff
+        count1 = jnp.where(hot, count + 1, 0)
+        switch = count1 >= self.patience
+        switched_at1 = jnp.where(switch & ~stiff, t1, switched_at)
+        dense = dict(dense, stiff=stiff)
+        return y1, y_error, dense, (inner1, stiff | switch, count1, switched_at1), result
+
+
+_D_EXPLICIT = _last_stage_difference(diffrax.Tsit5.tableau)
+_D_IMPLICIT = _last_stage_difference(diffrax.Kvaerno5.tableau)
+
+
+def auto_switch(horizon, rtol, atol, *, stiff: bool = False) -> AutoSwitch:
+    """The log clock's `"auto"`: Tsit5 switching to Kvaerno5 + Newton. diffeqsolve
+    hands the controller's tolerances only to a solver that is itself implicit, so
+    the wrapped Newton gets them here."""
+    newton = optx.Newton(rtol=rtol, atol=atol, cauchy_termination=False)
+    return AutoSwitch(
+        diffrax.Tsit5(),
+        diffrax.Kvaerno5(root_finder=newton),
+        horizon=jnp.asarray(horizon, jnp.result_type(float)),
+        stiff0=jnp.asarray(stiff),
+    )
+
+
 def resolve_solver(
-    solver, *, clock: str, num_params: int, stiffness: float | None = None
+    solver, *, clock: str, num_params: int, stiffness: float | None = None,
+    horizon: float | None = None, rtol: float = 1e-8, atol: float = 1e-10,
 ) -> tuple[diffrax.AbstractSolver, str]:
     """Return `(diffrax solver, name)` for `solver` = a name or a diffrax solver.
 
@@ -96,6 +229,8 @@ def resolve_solver(
     name = solver.lower()
     if name == "auto":
         small = num_params <= AUTO_IMPLICIT_MAX_PARAMS
+        if small and clock == "log" and horizon is not None:
+            return auto_switch(horizon, rtol, atol), "auto"
         stiff = stiffness is not None and stiffness / 3.3 > AUTO_STIFF_STEPS
         name = "kvaerno5" if small and (clock == "log" or stiff) else "tsit5"
     if name in _EXPLICIT:
