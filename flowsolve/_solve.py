@@ -196,10 +196,15 @@ def solve(
         (implicit ones).
     - `solver`: `"auto"`, a name (`"tsit5"`, `"dopri5"`, `"dopri8"`, `"bosh3"`,
         `"heun"`, `"ralston"`, `"midpoint"`, `"euler"`, `"kvaerno3"`, `"kvaerno4"`,
-        `"kvaerno5"`, `"implicit_euler"`) or any diffrax solver. `"auto"` is Kvaerno5
-        with a Newton root finder on the log clock (stiff there) for up to 2000
-        parameters, and Tsit5 otherwise. Named implicit solvers use Newton with the
-        controller's tolerances.
+        `"kvaerno5"`, `"implicit_euler"`) or any diffrax solver. `"auto"`: on the log
+        clock (up to 2000 parameters) Tsit5 switching mid-solve to Kvaerno5 + Newton
+        once its stiffness estimate says the rest of the horizon needs more than
+        5000 explicit steps (`info["solver"]`, `info["switched_at"]` report it); on
+        the linear clock Kvaerno5 when a JVP power-iteration estimate of the
+        Jacobian's spectral radius at θ0 says the same of the whole span
+        (`info["stiffness"]`); otherwise Tsit5, or Bosh3 for piecewise-smooth
+        flows (ReLU networks, `model.smooth == False`). Named implicit solvers use
+        Newton with the controller's tolerances.
     - `rtol`, `atol`: tolerances of the adaptive step-size controller.
     - `dt0`: the initial step (default: chosen automatically); required for
         fixed-step solvers (`"euler"`, `"midpoint"`...) which then take steps of `dt0`.
@@ -294,7 +299,7 @@ def prepare(
         stiffness = spectral_radius(flow.term(clock), s0, y0) * (s1 - s0)
     dsolver, solver_name = resolve_solver(
         solver, clock=clock, num_params=num_params, stiffness=stiffness, horizon=s1,
-        rtol=rtol, atol=atol,
+        rtol=rtol, atol=atol, smooth=bool(getattr(model, "smooth", True)),
     )
     if is_adaptive(dsolver):
         controller = CollapseGuard(

@@ -210,6 +210,7 @@ def auto_switch(horizon, rtol, atol, *, stiff: bool = False) -> AutoSwitch:
 def resolve_solver(
     solver, *, clock: str, num_params: int, stiffness: float | None = None,
     horizon: float | None = None, rtol: float = 1e-8, atol: float = 1e-10,
+    smooth: bool = True,
 ) -> tuple[diffrax.AbstractSolver, str]:
     """Return `(diffrax solver, name)` for `solver` = a name or a diffrax solver.
 
@@ -218,7 +219,8 @@ def resolve_solver(
     support-vector margins equilibrate fast while the direction drifts slowly);
     on the linear clock, Kvaerno5 when `stiffness` (spectral radius of the vector
     field's Jacobian at θ0 × the span) says an explicit solver would need more
-    than `AUTO_STIFF_STEPS` steps for stability; Tsit5 otherwise."""
+    than `AUTO_STIFF_STEPS` steps for stability; otherwise Tsit5, or Bosh3 for
+    piecewise-smooth flows (`smooth=False`: ReLU networks)."""
     if isinstance(solver, diffrax.AbstractSolver):
         return solver, type(solver).__name__
     if not isinstance(solver, str):
@@ -232,7 +234,15 @@ def resolve_solver(
         if small and clock == "log" and horizon is not None:
             return auto_switch(horizon, rtol, atol), "auto"
         stiff = stiffness is not None and stiffness / 3.3 > AUTO_STIFF_STEPS
-        name = "kvaerno5" if small and (clock == "log" or stiff) else "tsit5"
+        if small and (clock == "log" or stiff):
+            name = "kvaerno5"
+        else:
+            # A piecewise-smooth field (ReLU) defeats high order: every kink costs
+            # rejected steps whatever the order, and between kinks Bosh3's cheaper
+            # steps go as far. Measured on a width-1000 two-layer ReLU flow to
+            # t = 1e4: Bosh3 reaches 6e-4 relative accuracy in 120 evaluations,
+            # 1.1e-4 in 639 (Tsit5: 1.4e-3 in 285, 3.6e-4 in 1269).
+            name = "tsit5" if smooth else "bosh3"
     if name in _EXPLICIT:
         return _EXPLICIT[name](), name
     if name in _IMPLICIT:

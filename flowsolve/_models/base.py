@@ -26,6 +26,14 @@ class AbstractModel(eqx.Module):
     def __call__(self, x: Array) -> Array:
         """The scalar prediction for one input row `x`."""
 
+    @property
+    def smooth(self) -> bool:
+        """Whether the gradient-flow vector field is smooth in θ. `False` for
+        networks with kinked activations (ReLU) trained through them: the field then
+        jumps wherever a unit's activation flips on a training point, and
+        `solver="auto"` picks a low-order method (see `fs.solve`)."""
+        return True
+
     def end_to_end(self) -> Array:
         """The end-to-end linear predictor (vector) or matrix of the model."""
         raise NotImplementedError(

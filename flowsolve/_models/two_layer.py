@@ -50,6 +50,9 @@ _ACTIVATIONS: dict[str, tuple[Callable, bool]] = {
     "sigmoid": (sigmoid, False),
 }
 
+#: Activations with a kink (a jump in the derivative).
+_KINKED = (relu, leaky_relu)
+
 
 class TwoLayer(AbstractModel):
     r"""Two-layer network $f(x) = c_m \sum_{j=1}^m b_j\,\sigma(a_j^\top x)$.
@@ -139,6 +142,13 @@ class TwoLayer(AbstractModel):
             self.homogeneity = 2 if self.train_hidden else 1
         else:
             self.homogeneity = None
+
+    @property
+    def smooth(self) -> bool:
+        # A kinked activation makes ∂f/∂(hidden) jump where a unit's pre-activation
+        # crosses 0 on a training point; with the hidden layer frozen the flow is
+        # linear in fixed features, hence smooth.
+        return not (self.train_hidden and self.activation in _KINKED)
 
     def __call__(self, x: Array) -> Array:
         a = self.hidden if self.train_hidden else jax.lax.stop_gradient(self.hidden)
