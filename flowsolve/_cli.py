@@ -71,8 +71,8 @@ def _add_demo(subparsers) -> None:
         help="solve a long-horizon gradient flow and compare it with the max-margin SVM",
         description=(
             "Gradient flow of a linear model on separable Gaussian data with the "
-            "logistic loss, on the log clock to t = e^LOG_T1 with the automatic "
-            "(stiff) solver; and, for contrast, a depth-2 linear network with Tsit5 "
+            "logistic loss, on the log clock to t = e^LOG_T1 with solver='auto' "
+            "(Tsit5, switching to implicit Kvaerno5 once the flow turns stiff); and, for contrast, a depth-2 linear network with Tsit5 "
             f"to t = e^min(LOG_T1, {_DEMO_DEEP_MAX_LOG_T:g}). Prints a summary, "
             "compares the normalised margins with the hard-margin SVM, and writes "
             "a convergence plot (demo.png) and a JSON summary (summary.json)."
