@@ -404,7 +404,7 @@ def _plot_classification(runs, refs, final, l1mm, cfg, out):
     _log_clock_axis(ax1)
     ax1.set_ylabel("normalised ℓ1 margin / γ*")
     ax1.grid(True, alpha=0.35)
-    ax1.legend(fontsize=8, loc="lower right")
+    ax1.legend(fontsize=8, loc="center left")
     gap = 1.0 - ratio
     keep = (gap > 0) & (ratio > 0)
     ax2.plot(s[keep], gap[keep], color="C1", linewidth=1.8)
@@ -572,7 +572,7 @@ def _plot_completion(runs, final, W_nuc, M, out):
         kind, depth = label.rsplit(" D=", 1)
         return colors[kind], "-" if depth == "3" else "--"
 
-    fig = Figure(figsize=(13, 4.4), layout="constrained")
+    fig = Figure(figsize=(13, 5.2), layout="constrained")
     ax1, ax2 = fig.subplots(1, 2)
     for label, sol in runs.items():
         color, ls = style(label)
@@ -582,10 +582,12 @@ def _plot_completion(runs, final, W_nuc, M, out):
     ax1.set_xscale("log")
     ax1.set_xlabel("t")
     ax1.set_ylabel("effective rank of W")
-    ax1.set_title("effective rank along the flows (dashed: depth 2, solid: depth 3;\n"
-                  "full-matrix-Fisher NGF at depths 2 and 3 coincide)", fontsize=10)
+    if any(label.endswith("D=2") for label in runs):
+        ax1.set_title("effective rank along the flows (dashed: depth 2, solid: depth 3;\n"
+                      "full-matrix-Fisher NGF at depths 2 and 3 coincide)", fontsize=10)
+    else:
+        ax1.set_title("effective rank along the flows", fontsize=10)
     ax1.grid(True, alpha=0.35)
-    ax1.legend(fontsize=8)
     k = min(M.shape)
     idx = np.arange(1, k + 1)
     for label, f in final.items():
@@ -602,7 +604,8 @@ def _plot_completion(runs, final, W_nuc, M, out):
     ax2.set_ylabel("singular value")
     ax2.set_title("singular values at the horizon", fontsize=10)
     ax2.grid(True, alpha=0.35)
-    ax2.legend(fontsize=7.5, ncol=2, loc="upper right")
+    handles, labels = ax2.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=4, fontsize=8.5)
     fig.savefig(out / "matrix_completion.png", dpi=120)
 
 
