@@ -199,7 +199,8 @@ def solve(
         `"kvaerno5"`, `"implicit_euler"`) or any diffrax solver. `"auto"`: on the log
         clock (up to 2000 parameters) Tsit5 switching mid-solve to Kvaerno5 + Newton
         once its stiffness estimate says the rest of the horizon needs more than
-        5000 explicit steps (`info["solver"]`, `info["switched_at"]` report it); on
+        5000·max(1, p/50)^1.5 explicit steps (`info["solver"]`, `info["switched_at"]`
+        report it); on
         the linear clock Kvaerno5 when a JVP power-iteration estimate of the
         Jacobian's spectral radius at θ0 says the same of the whole span
         (`info["stiffness"]`); otherwise Tsit5, or Bosh3 for piecewise-smooth
