@@ -145,7 +145,7 @@ def _program(args):
     ts_saved, ts_final = sol.ts
     extra = {}
     if switching:
-        _, stiff, _, switched_at = sol.solver_state
+        stiff, switched_at = AutoSwitch.mode(sol.solver_state)
         extra = {"stiff": stiff, "switched_at": switched_at}
     return {
         **extra,

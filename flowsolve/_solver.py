@@ -104,13 +104,27 @@ def _last_stage_difference(tableau) -> np.ndarray:
     return rows[-1] - rows[-2]
 
 
-def last_stage_rho_h(k, d):
-    """`ρ·h ≈ ‖k_s − k_{s−1}‖ / ‖y_s − y_{s−1}‖` from a step's stage increments `k`
+def _last_stage_norms(k, d):
+    """`(‖k_s − k_{s−1}‖², ‖y_s − y_{s−1}‖²)` from a step's stage increments `k`
     (leading axis: stages; `k_i = h·f(y_i)`) and the coefficients `d` of
-    `_last_stage_difference`: exact for a linear field along the stiff direction."""
+    `_last_stage_difference`."""
     ks = jtu.tree_leaves(k)
     dk2 = sum(jnp.sum((x[-1] - x[-2]) ** 2) for x in ks)
     dy2 = sum(jnp.sum(jnp.tensordot(jnp.asarray(d, x.dtype), x, axes=1) ** 2) for x in ks)
+    return dk2, dy2
+
+
+def last_stage_rho_h(k, d):
+    """`ρ·h ≈ ‖k_s − k_{s−1}‖ / ‖y_s − y_{s−1}‖` from a step's stage increments `k`
+    and the coefficients `d` of `_last_stage_difference`: exact for a linear field
+    along the stiff direction (the test of Hairer & Wanner's DOPRI5)."""
+    ks = jtu.tree_leaves(k)
+    dk2 = sum(jnp.sum((x[-1] - x[-2]) ** 2) for x in ks)
+    # Σ_j d_j k_j as a broadcast multiply and reduction (fuses; a dot would not).
+    dy2 = sum(
+        jnp.sum(jnp.sum(jnp.asarray(d, x.dtype).reshape((-1,) + (1,) * (x.ndim - 1)) * x, axis=0) ** 2)
+        for x in ks
+    )
     return jnp.sqrt(dk2 / jnp.where(dy2 > 0, dy2, jnp.inf))
 
 
@@ -171,18 +185,23 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver):
     def init(self, terms, t0, t1, y0, args):
         inner = self.explicit.init(terms, t0, t1, y0, args)
         dtype = jnp.result_type(t0, t1, float)
-        return (
-            inner,
-            jnp.asarray(self.stiff0, bool),
-            jnp.asarray(0, jnp.int32),
-            jnp.asarray(jnp.nan, dtype),
-        )
+        # The switch's own state packed in one small array (stiff flag, consecutive
+        # "stiff" steps, switch time): one loop-carried buffer, one fused update.
+        return inner, jnp.stack([jnp.asarray(self.stiff0, dtype), jnp.zeros((), dtype),
+                                 jnp.full((), jnp.nan, dtype)])
+
+    @staticmethod
+    def mode(solver_state):
+        """`(stiff, switched_at)` from a solver state of this solver."""
+        _, m = solver_state
+        return m[0] > 0, m[2]
 
     def func(self, terms, t0, y0, args):
         return self.explicit.func(terms, t0, y0, args)
 
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
-        inner, stiff, count, switched_at = solver_state
+        inner, m = solver_state
+        stiff = m[0] > 0
 
         def run(solver):
             return lambda: solver.step(terms, t0, t1, y0, args, inner, made_jump)
@@ -190,16 +209,16 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver):
         y1, y_error, dense, inner1, result = jax.lax.cond(
             stiff, run(self.implicit), run(self.explicit)
         )
-        rho_h = last_stage_rho_h(dense["k"], jnp.where(stiff, _D_IMPLICIT, _D_EXPLICIT))
+        # Switch when ρ·(horizon − t1)/3.3 > threshold, i.e. (ρh)² (horizon − t1)²
+        # > (3.3·threshold·h)², with (ρh)² = dk2/dy2 — no divisions to guard.
+        dk2, dy2 = _last_stage_norms(dense["k"], jnp.where(stiff, _D_IMPLICIT, _D_EXPLICIT))
         h = t1 - t0
-        remaining = self.horizon - t1
-        needed = rho_h / jnp.where(h > 0, h, jnp.inf) * remaining / 3.3
-        hot = jnp.isfinite(needed) & (needed > self.threshold) & ~stiff
-        count1 = jnp.where(hot, count + 1, 0)
-        switch = count1 >= self.patience
-        switched_at1 = jnp.where(switch & ~stiff, t1, switched_at)
+        hot = ~stiff & (dk2 * (self.horizon - t1) ** 2 > dy2 * (3.3 * self.threshold * h) ** 2)
+        count = jnp.where(hot, m[1] + 1, 0)
+        switch = count >= self.patience
+        m1 = jnp.stack([jnp.where(switch, 1, m[0]), count, jnp.where(switch & ~stiff, t1, m[2])])
         dense = dict(dense, stiff=stiff)
-        return y1, y_error, dense, (inner1, stiff | switch, count1, switched_at1), result
+        return y1, y_error, dense, (inner1, m1.astype(m.dtype)), result
 
 
 _D_EXPLICIT = _last_stage_difference(diffrax.Tsit5.tableau)
