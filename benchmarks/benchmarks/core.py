@@ -14,7 +14,7 @@ import jax.random as jr
 
 import flowsolve as fs
 
-from ._common import enable_x64
+from ._common import count_vf_evals, enable_x64
 
 
 def _svm_problem():
@@ -52,6 +52,12 @@ class LogClockHorizon:
         return (self.gamma - float(self.sol.metrics["margin"][-1])) / self.gamma
 
     track_margin_gap.unit = "relative gap"
+
+    def track_vf_evals(self, log_t1, solver):
+        flow = fs.GradientFlow(self.problem)
+        return count_vf_evals(lambda wrap: fs.solve(wrap(flow), self.model, **self.kw))
+
+    track_vf_evals.unit = "evaluations (a Jacobian counts once)"
 
 
 class DescendVsForiLoop:
