@@ -465,6 +465,15 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _float64():
+    import jax
+
+    scoped = getattr(jax, "enable_x64", None)
+    if scoped is None:  # older JAX: the context manager lived in jax.experimental
+        from jax.experimental import enable_x64 as scoped
+    return scoped(True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the `flowsolve` command line; returns the exit code.
 
@@ -477,12 +486,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     `0` on success, `1` when a run failed or could not be done, `2` for bad
     arguments.
     """
-    # A program, unlike the library, may set JAX's global config: float64 before
-    # any array exists (long horizons and log-domain losses need it).
-    import jax
-
-    jax.config.update("jax_enable_x64", True)
-
     parser = _parser()
     try:
         args = parser.parse_args(argv)
@@ -492,7 +495,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     try:
-        return args.func(args)
+        # Long horizons and log-domain losses need float64. The command runs in
+        # JAX's scoped x64 mode rather than flipping the global config, so calling
+        # `main` from Python leaves the caller's JAX settings as they were.
+        with _float64():
+            return args.func(args)
     except (CLIError, ValueError) as e:
         print(f"{_PROG} {args.command}: error: {e}", file=sys.stderr)
         return 1

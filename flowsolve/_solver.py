@@ -118,13 +118,7 @@ def last_stage_rho_h(k, d):
     """`ρ·h ≈ ‖k_s − k_{s−1}‖ / ‖y_s − y_{s−1}‖` from a step's stage increments `k`
     and the coefficients `d` of `_last_stage_difference`: exact for a linear field
     along the stiff direction (the test of Hairer & Wanner's DOPRI5)."""
-    ks = jtu.tree_leaves(k)
-    dk2 = sum(jnp.sum((x[-1] - x[-2]) ** 2) for x in ks)
-    # Σ_j d_j k_j as a broadcast multiply and reduction (fuses; a dot would not).
-    dy2 = sum(
-        jnp.sum(jnp.sum(jnp.asarray(d, x.dtype).reshape((-1,) + (1,) * (x.ndim - 1)) * x, axis=0) ** 2)
-        for x in ks
-    )
+    dk2, dy2 = _last_stage_norms(k, d)
     return jnp.sqrt(dk2 / jnp.where(dy2 > 0, dy2, jnp.inf))
 
 
