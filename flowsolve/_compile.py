@@ -16,28 +16,41 @@ _CACHE: "collections.OrderedDict[Any, Any]" = collections.OrderedDict()
 _MAX_ENTRIES = 64
 
 
-def _key(tag: str, dynamic, static):
-    dyn_leaves, dyn_def = jtu.tree_flatten(dynamic)
-    sta_leaves, sta_def = jtu.tree_flatten(static)
-    avals = tuple((x.shape, str(x.dtype), getattr(x, "weak_type", False)) for x in dyn_leaves)
-    key = (tag, dyn_def, avals, sta_def, tuple(sta_leaves))
+def _split(args):
+    """Flatten `args` once into its array leaves (the executable's inputs) and a
+    hashable key of everything else: the tree structure, the arrays' shapes and
+    dtypes, and the other leaves themselves (`None` when one is unhashable)."""
+    leaves, treedef = jtu.tree_flatten(args)
+    is_dynamic = tuple(eqx.is_array(x) for x in leaves)
+    dynamic = [x for x, d in zip(leaves, is_dynamic) if d]
+    static = tuple(None if d else x for x, d in zip(leaves, is_dynamic))
+    signature = tuple(
+        (x.shape, x.dtype, getattr(x, "weak_type", False)) if d else ("static", x)
+        for x, d in zip(leaves, is_dynamic)
+    )
+    key = (treedef, signature)
     try:
         hash(key)
     except TypeError:
-        return None
-    return key
+        key = None
+    return dynamic, (treedef, is_dynamic, static), key
 
 
 def compile_and_run(tag: str, fn: Callable, args) -> tuple[Any, float, float]:
     """Run `fn(args)` compiled; return `(output, compile_seconds, run_seconds)`."""
-    dynamic, static = eqx.partition(args, eqx.is_array)
-    key = _key(tag, dynamic, static)
+    dynamic, (treedef, is_dynamic, static), key = _split(args)
+    key = None if key is None else (tag, key)
     compiled = _CACHE.get(key) if key is not None else None
     compile_time = 0.0
     if compiled is None:
+
+        def run(dyn):
+            it = iter(dyn)
+            leaves = [next(it) if d else x for x, d in zip(static, is_dynamic)]
+            return fn(jtu.tree_unflatten(treedef, leaves))
+
         t0 = time.perf_counter()
-        jitted = jax.jit(lambda d: fn(eqx.combine(d, static)))
-        compiled = jitted.lower(dynamic).compile()
+        compiled = jax.jit(run).lower(dynamic).compile()
         compile_time = time.perf_counter() - t0
         if key is not None:
             _CACHE[key] = compiled

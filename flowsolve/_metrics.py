@@ -6,7 +6,10 @@ horizon: losses are also available in the log domain, margins are ratios of
 quantities that grow together, and norms at zero give 0 instead of `0/0`.
 """
 
+import collections
+import weakref
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -173,8 +176,27 @@ NAMES: dict[str, Callable[[Problem, eqx.Module], Array]] = {
 _LINEAR_MARGINS = ("margin", "margin_l1")
 
 
+_SEPARABLE: dict[tuple[int, int], tuple] = {}
+
+
 def linearly_separable(X, y) -> bool:
-    """Whether some `w` has `y_i wᵀx_i > 0` for all i (an LP feasibility check)."""
+    """Whether some `w` has `y_i wᵀx_i > 0` for all i (an LP feasibility check).
+    Remembered per pair of (immutable) JAX arrays, so repeated solves of one problem
+    do not solve the LP again."""
+    key = (id(X), id(y))
+    hit = _SEPARABLE.get(key)
+    if hit is not None and hit[0]() is X and hit[1]() is y:
+        return hit[2]
+    separable = _linearly_separable(X, y)
+    if isinstance(X, jax.Array) and isinstance(y, jax.Array):
+        _SEPARABLE[key] = (weakref.ref(X), weakref.ref(y), separable)
+        # Drop the entry when either array goes, so a recycled id() never matches.
+        weakref.finalize(X, _SEPARABLE.pop, key, None)
+        weakref.finalize(y, _SEPARABLE.pop, key, None)
+    return separable
+
+
+def _linearly_separable(X, y) -> bool:
     from scipy.optimize import linprog
 
     Z = np.asarray(y, dtype=float)[:, None] * np.asarray(X, dtype=float)
@@ -186,6 +208,44 @@ def linearly_separable(X, y) -> bool:
         method="highs",
     )
     return res.status == 0
+
+
+#: Metrics (function, problem and model structure, array shapes) already checked
+#: to apply: the check traces the metric (`jax.eval_shape`), which would otherwise
+#: cost a large part of a warm `fs.solve` call.
+_APPLIES: "collections.OrderedDict[Any, None]" = collections.OrderedDict()
+_MAX_APPLIES = 256
+
+
+def _abstract_key(problem, model):
+    """What decides whether a metric traces on `(problem, model)`: the structure and
+    the arrays' shapes and dtypes; `None` if unhashable."""
+    leaves, treedef = jtu.tree_flatten((problem, model))
+    avals = tuple(
+        (x.shape, x.dtype, getattr(x, "weak_type", False)) if eqx.is_array(x) else ("static", x)
+        for x in leaves
+    )
+    key = (treedef, avals)
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
+
+
+def _check_applies(name: str, fn, problem: Problem, model: eqx.Module, structure) -> None:
+    key = None if structure is None else (fn, structure)
+    if key is not None and key in _APPLIES:
+        _APPLIES.move_to_end(key)
+        return
+    try:
+        jax.eval_shape(fn, problem, model)
+    except (ValueError, NotImplementedError) as e:
+        raise ValueError(f"Metric {name!r} does not apply here: {e}") from e
+    if key is not None:
+        _APPLIES[key] = None
+        while len(_APPLIES) > _MAX_APPLIES:
+            _APPLIES.popitem(last=False)
 
 
 def resolve(
@@ -217,11 +277,9 @@ def resolve(
     names = tuple(n for n, _ in items)
     if len(set(names)) != len(names):
         raise ValueError(f"Metric names must be unique, got {names}.")
+    structure = _abstract_key(problem, model) if items else None
     for name, fn in items:
-        try:
-            jax.eval_shape(fn, problem, model)
-        except (ValueError, NotImplementedError) as e:
-            raise ValueError(f"Metric {name!r} does not apply here: {e}") from e
+        _check_applies(name, fn, problem, model, structure)
         if name in _LINEAR_MARGINS and _linear_predictor(problem, model) is not None:
             if not linearly_separable(problem.X, problem.y):
                 raise ValueError(

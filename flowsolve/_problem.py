@@ -7,6 +7,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike
 
 from ._losses import AbstractLoss
+from ._models.base import AbstractModel, predict_batch
 
 
 def _warn_if_float32(dtype) -> None:
@@ -24,8 +25,10 @@ class Problem(eqx.Module):
     r"""A training problem: a model, a loss and a training set.
 
     The mean training loss is $L(\theta) = \frac1n \sum_i \ell(f_\theta(x_i), y_i)$,
-    predictions are `jax.vmap(model)(X)`, and for classification losses the
-    margins are $u_i = y_i f_\theta(x_i)$.
+    predictions are `model.predict_batch(X)` for the models of `fs.models` (the
+    values of `jax.vmap(model)(X)`, formed batch-wise) and `jax.vmap(model)(X)` for
+    any other module, and for classification losses the margins are
+    $u_i = y_i f_\theta(x_i)$.
 
     **Arguments:**
 
@@ -116,6 +119,13 @@ class Problem(eqx.Module):
                 f"{X_j.shape[1:]} it returned shape {getattr(out, 'shape', out)}. "
                 "For an equinox MLP use `out_size='scalar'`."
             )
+        if isinstance(model, AbstractModel):
+            batch = eqx.filter_eval_shape(predict_batch, model, X_j)
+            if batch.shape != (X_j.shape[0],):
+                raise ValueError(
+                    f"{type(model).__name__}.predict_batch must return one prediction "
+                    f"per row, shape ({X_j.shape[0]},); it returned shape {batch.shape}."
+                )
         if homogeneity is None:
             homogeneity = getattr(model, "homogeneity", None)
         if homogeneity is not None and (
@@ -134,7 +144,7 @@ class Problem(eqx.Module):
 
     def predict(self, model: eqx.Module) -> Array:
         """Predictions `f(x_i)` on the training set, shape `(n,)`."""
-        return jax.vmap(model)(self.X)
+        return predict_batch(model, self.X)
 
     def margins(self, model: eqx.Module) -> Array:
         """Training margins `u_i = y_i f(x_i)` (classification losses only)."""
@@ -156,7 +166,7 @@ class Problem(eqx.Module):
         params, static = eqx.partition(model, eqx.is_inexact_array)
 
         def predict(p):
-            return jax.vmap(eqx.combine(p, static))(self.X)
+            return self.predict(eqx.combine(p, static))
 
         f, vjp = jax.vjp(predict, params)
         cot = self.loss.scaled_derivative(f, self.y, log_scale - jnp.log(self.n))

@@ -287,7 +287,7 @@ class NaturalGradientFlow(AbstractFlow):
         theta, unravel = ravel_pytree(params)
 
         def predict(th):
-            return jax.vmap(eqx.combine(unravel(th), static))(problem.X)
+            return problem.predict(eqx.combine(unravel(th), static))
 
         mu = problem.n * self.damping
         info = {}

@@ -1,6 +1,7 @@
 import abc
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 from jaxtyping import Array
 
@@ -16,8 +17,13 @@ class AbstractModel(eqx.Module):
     gradient flow conserves known quantities return them, flattened, from
     `conserved_quantities()`.
 
+    Every prediction on the training set goes through `predict_batch(X)`, which
+    subclasses override where the batch has a cheaper form than one row at a time
+    (one matmul instead of n matrix–vector products; an end-to-end matrix formed
+    once instead of once per row).
+
     Any other `equinox.Module` that maps a row to a scalar works with flowsolve
-    too; it just lacks these declarations.
+    too; it just lacks these declarations, and is evaluated as `jax.vmap(model)(X)`.
     """
 
     homogeneity: eqx.AbstractVar[int | None]
@@ -25,6 +31,11 @@ class AbstractModel(eqx.Module):
     @abc.abstractmethod
     def __call__(self, x: Array) -> Array:
         """The scalar prediction for one input row `x`."""
+
+    def predict_batch(self, X: Array) -> Array:
+        """The predictions on the rows of `X` (shape `(n, ...)`), shape `(n,)`: the
+        same values as `jax.vmap(model)(X)`, possibly computed batch-wise."""
+        return jax.vmap(self)(X)
 
     @property
     def smooth(self) -> bool:
@@ -59,6 +70,14 @@ class AbstractModel(eqx.Module):
         raise NotImplementedError(
             f"{type(self).__name__} declares no conserved quantities of gradient flow."
         )
+
+
+def predict_batch(model: eqx.Module, X: Array) -> Array:
+    """`model.predict_batch(X)` for the models of `fs.models`, `jax.vmap(model)(X)` for
+    any other `equinox.Module` mapping one row to a scalar."""
+    if isinstance(model, AbstractModel):
+        return model.predict_batch(X)
+    return jax.vmap(model)(X)
 
 
 def _check_positive_int(name: str, value, minimum: int = 1) -> int:

@@ -75,6 +75,9 @@ class DiagonalLinear(AbstractModel):
     def __call__(self, x: Array) -> Array:
         return jnp.dot(self.end_to_end(), x)
 
+    def predict_batch(self, X: Array) -> Array:
+        return X @ self.end_to_end()
+
     def end_to_end(self) -> Array:
         return jnp.prod(self.u, axis=0) - jnp.prod(self.v, axis=0)
 

@@ -45,5 +45,8 @@ class Linear(AbstractModel):
     def __call__(self, x: Array) -> Array:
         return jnp.dot(self.weight, x)
 
+    def predict_batch(self, X: Array) -> Array:
+        return X @ self.weight
+
     def end_to_end(self) -> Array:
         return self.weight

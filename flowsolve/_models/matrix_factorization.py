@@ -72,6 +72,28 @@ class MatrixFactorization(AbstractModel):
             return jnp.dot(self.layers[-1][i], v) if len(self.layers) > 1 else v[i]
         return jnp.sum(jnp.reshape(x, self.shape) * self.end_to_end())
 
+    def predict_batch(self, X: Array) -> Array:
+        if not jnp.issubdtype(X.dtype, jnp.integer):
+            return jnp.reshape(X, (X.shape[0], -1)) @ jnp.ravel(self.end_to_end())
+        rows, cols = X[:, 0], X[:, 1]
+        layers = self.layers
+        if len(layers) == 1:
+            return layers[0][rows, cols]
+        # Either form W once and gather the observed entries, or carry the observed
+        # columns of W_1 through the layers (the per-row chain of `__call__`, as
+        # matmuls): whichever takes fewer multiplications for these shapes.
+        dims = [layers[0].shape[1]] + [w.shape[0] for w in layers]
+        product = sum(dims[k + 1] * dims[k] * dims[0] for k in range(1, len(layers)))
+        per_entry = X.shape[0] * (
+            sum(dims[k + 1] * dims[k] for k in range(1, len(layers) - 1)) + dims[-2]
+        )
+        if product <= per_entry:
+            return self.end_to_end()[rows, cols]
+        V = layers[0][:, cols]
+        for w in layers[1:-1]:
+            V = w @ V
+        return jnp.sum(layers[-1][rows] * V.T, axis=1)
+
     def end_to_end(self) -> Array:
         """The product matrix $W = W_D\\cdots W_1$ of shape `(m, n)`."""
         return _chain(self.layers)

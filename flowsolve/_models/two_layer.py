@@ -154,6 +154,12 @@ class TwoLayer(AbstractModel):
         a = self.hidden if self.train_hidden else jax.lax.stop_gradient(self.hidden)
         return self.scale * jnp.dot(self.output, self.activation(a @ x))
 
+    def predict_batch(self, X: Array) -> Array:
+        # One n×d by d×m matmul for the whole batch, not n matrix–vector products.
+        # The activation is applied row by row, as in `__call__`.
+        a = self.hidden if self.train_hidden else jax.lax.stop_gradient(self.hidden)
+        return self.scale * (jax.vmap(self.activation)(X @ a.T) @ self.output)
+
     def gram(self, X: Array) -> Array:
         r"""$JJ^\top$ in closed form, without the n×p Jacobian:
         $c^2[\Phi\Phi^\top + (\Psi\,\mathrm{diag}(b^2)\Psi^\top) \circ XX^\top]$ with
