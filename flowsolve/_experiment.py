@@ -98,6 +98,12 @@ def _solver_names() -> tuple[str, ...]:
     return SOLVER_NAMES
 
 
+def _error_norms() -> tuple[str, ...]:
+    from ._solver import ERROR_NORMS
+
+    return ERROR_NORMS
+
+
 def _metric_names() -> tuple[str, ...]:
     from ._metrics import NAMES
 
@@ -592,6 +598,7 @@ _FLOW_KEYS = (
     "solver",
     "rtol",
     "atol",
+    "error_norm",
     "dt0",
     "max_steps",
     "checkpoint_every",
@@ -682,6 +689,7 @@ def _parse_run(index: int, raw: Any, *, metrics_default, saves_default) -> RunSp
             ("solver", _choice("solver", _solver_names())),
             ("rtol", _number(positive=True)),
             ("atol", _number(positive=True)),
+            ("error_norm", _choice("error_norm", _error_norms())),
             ("dt0", _number(positive=True)),
             ("max_steps", _integer(1)),
             ("checkpoint_every", _integer(1)),
@@ -1412,7 +1420,10 @@ def _execute(built: Built, br: BuiltRun, checkpoint: Path, progress: bool):
         )
     kwargs = {
         k: o[k]
-        for k in ("clock", "t1", "log_t1", "solver", "rtol", "atol", "dt0", "max_steps")
+        for k in (
+            "clock", "t1", "log_t1", "solver", "rtol", "atol", "error_norm", "dt0",
+            "max_steps",
+        )
         if k in o
     }
     # About ten chunks: a checkpoint after each, so an interruption loses at most a

@@ -233,7 +233,7 @@ def auto_switch(
     """The log clock's `"auto"`: Tsit5 switching to Kvaerno5 + Newton. diffeqsolve
     hands the controller's tolerances only to a solver that is itself implicit, so
     the wrapped Newton gets them here."""
-    newton = optx.Newton(rtol=rtol, atol=atol, cauchy_termination=False)
+    newton = optx.Newton(rtol=rtol, atol=atol, norm=optx.rms_norm, cauchy_termination=False)
     return AutoSwitch(
         diffrax.Tsit5(),
         diffrax.Kvaerno5(root_finder=newton),
@@ -319,13 +319,44 @@ def evals_per_step(solver: diffrax.AbstractSolver) -> tuple[int, int] | None:
     return 0, stages
 
 
+#: Accepted values of `fs.solve(..., error_norm=)`.
+ERROR_NORMS = ("auto", "componentwise", "normwise")
+
+
+def resolve_error_norm(error_norm: str, clock: str) -> bool:
+    """Whether the step-size controller measures errors normwise (see `fs.solve`)."""
+    if not isinstance(error_norm, str) or error_norm not in ERROR_NORMS:
+        raise ValueError(
+            f"`error_norm` must be one of {ERROR_NORMS}, got {error_norm!r}."
+        )
+    if error_norm == "auto":
+        return clock == "log"
+    return error_norm == "normwise"
+
+
+def _rms(tree):
+    leaves = jtu.tree_leaves(tree)
+    size = sum(x.size for x in leaves)
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in leaves) / size)
+
+
 class CollapseGuard(diffrax.AbstractAdaptiveStepSizeController):
     """Wraps an adaptive controller and stops the solve (`dt_min_reached`) when the
     next step has collapsed to the floating-point resolution of the clock, instead
-    of spinning until `max_steps` (e.g. when the vector field turns NaN)."""
+    of spinning until `max_steps` (e.g. when the vector field turns NaN).
+
+    With `normwise=True` each component's error is measured against
+    `atol + rtol·max(rms(θ0), rms(θ1))`, the size of the whole parameter vector,
+    instead of `atol + rtol·max(|θ0ᵢ|, |θ1ᵢ|)`, its own size: what a flow's
+    direction, margins and loss depend on is the error relative to ‖θ‖, and
+    per-component control spends steps resolving parameters that are tiny next to
+    the rest (on the 200 × 50 logistic log clock, rtol 1e-8: Kvaerno5 to log t = 1e4
+    takes 131 accepted steps instead of 198, with the margin gap unchanged to 1e-9).
+    """
 
     controller: diffrax.AbstractAdaptiveStepSizeController
     ulps: float = eqx.field(static=True, default=64.0)
+    normwise: bool = eqx.field(static=True, default=False)
 
     @property
     def rtol(self):
@@ -340,14 +371,19 @@ class CollapseGuard(diffrax.AbstractAdaptiveStepSizeController):
         return self.controller.norm
 
     def wrap(self, direction):
-        return CollapseGuard(self.controller.wrap(direction), self.ulps)
+        return CollapseGuard(self.controller.wrap(direction), self.ulps, self.normwise)
 
     def init(self, terms, t0, t1, y0, dt0, args, func, error_order):
         return self.controller.init(terms, t0, t1, y0, dt0, args, func, error_order)
 
     def adapt_step_size(self, t0, t1, y0, y1_candidate, args, y_error, error_order, controller_state):
-        import jax.numpy as jnp
-
+        if self.normwise and y_error is not None:
+            # The wrapped controller scales by max(|y0ᵢ|, |y1ᵢ|) (and falls back to
+            # y0 where y1 is NaN); handing it the RMS sizes in every slot makes that
+            # scale the vector's. The step itself uses the real y1, not these.
+            size0, size1 = _rms(y0), _rms(y1_candidate)
+            y0 = jtu.tree_map(lambda x: jnp.full_like(x, size0), y0)
+            y1_candidate = jtu.tree_map(lambda x: jnp.full_like(x, size1), y1_candidate)
         keep, next_t0, next_t1, made_jump, state, result = self.controller.adapt_step_size(
             t0, t1, y0, y1_candidate, args, y_error, error_order, controller_state
         )

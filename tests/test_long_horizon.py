@@ -32,6 +32,11 @@ def test_stop_when_the_loss_falls_below_a_target_past_float64(logistic):
     assert final_log_loss == pytest.approx(-300.0, abs=1e-3)  # located by root finding
     full = fs.solve(logistic, **KW)
     assert full.info["stopped_by"] == "horizon" and full.result == fs.RESULTS.successful
+    # A crossing inside a long implicit step (Newton from the step's end once
+    # failed to locate this one; the bracketing bisection must not).
+    early = fs.solve(logistic, stop=fs.Stop(log_loss_below=-50.0), **KW)
+    assert early.result == fs.RESULTS.event_occurred
+    assert float(fs.metrics.log_loss(logistic.problem, early.final)) == pytest.approx(-50.0, abs=1e-3)
 
 
 def test_stop_when_a_metric_plateaus(logistic):
