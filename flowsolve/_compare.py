@@ -12,6 +12,7 @@ from . import _metrics
 from ._descend import descend
 from ._flow import AbstractFlow
 from ._models import AbstractModel
+from ._models.base import predict_batch
 from ._problem import Problem
 from ._reference import MaxMargin
 from ._solve import solve
@@ -159,7 +160,7 @@ def _row(label, traj, problem, reference, X_test, y_test) -> dict[str, Any]:
             row["cosine"] = _cosine(w, ref)
             row["distance"] = float(np.linalg.norm(w - ref) / np.linalg.norm(ref))
     if X_test is not None:
-        f = np.asarray(jax.vmap(model)(jnp.asarray(X_test)))
+        f = np.asarray(predict_batch(model, jnp.asarray(X_test)))
         if problem.loss.classification:
             row["test_error"] = float(np.mean(np.sign(f) != np.asarray(y_test)))
         else:
