@@ -1,11 +1,31 @@
 """Throughput of `fs.ensemble.solve` against a Python loop of single `fs.solve`
-calls (compiled once, reused), for two-layer-network gradient flows.
+calls (compiled once, reused) and against hand-written `jax.vmap`s of
+`diffrax.diffeqsolve`, for two-layer-network gradient flows.
 
-    python scripts/ensemble_throughput.py [--members 256] [--quick]
+    python scripts/ensemble_throughput.py [--members 256] [--repeats 5] [--quick] [--full]
+        [--cases tanh20,tanh50,relu20] [--out results.json]
 
-Prints flows per second for each, their ratio, and for ReLU networks (whose step
-counts vary a lot between members, so a vmapped loop waits for its slowest member)
-the effect of solving in chunks of members sorted by a cheap difficulty proxy.
+Every timing is the minimum over `--repeats` runs, the contenders interleaved
+(run 1 of each, then run 2 of each, ...), after a warm-up call that compiles.
+Printed per case, in flows per second:
+
+- `ensemble`: `fs.ensemble.solve` with its default `batch_size="auto"` (on one
+  CPU: all members at once for smooth flows, one after another for kinked ones);
+  `compiled` is its compiled part alone (`stats["wall_time"]`).
+- `chunks of 64` (smooth flows; compiled part): `batch_size=64`, vmapped chunks
+  solved one after another. `all at once` (ReLU, with `--full` only: it takes
+  minutes; compiled part): `batch_size=None`. The hand vmaps also run for ReLU
+  with `--full` only.
+- `loop`: a Python loop of `fs.solve` over all members (`--quick`: over 32 of them
+  for the smooth cases, scaled up).
+- `hand vmap`: `jax.jit(jax.vmap(diffeqsolve))` of the same flow, solver, tolerances
+  and initial step, saving the final state only; `hand vmap+metrics` also saves the
+  metric at the same save points (what `fs.ensemble` computes). `hand loop`: a loop
+  of the jitted single solve (final state only).
+
+Whether `fs.ensemble` and the hand vmap took the same step counts, member by member,
+is printed (`same steps`): then ratios compare the same work. For ReLU they differ:
+batched arithmetic rounds differently, and kinks turn that into other step counts.
 """
 
 import argparse
@@ -17,68 +37,138 @@ import jax
 
 jax.config.update("jax_enable_x64", True)
 
+import diffrax  # noqa: E402
+import equinox as eqx  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 import jax.random as jr  # noqa: E402
 import numpy as np  # noqa: E402
 
 import flowsolve as fs  # noqa: E402
 
 
-def timed(fn):
-    fn()  # compile / warm up
-    t0 = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - t0, out
+T1, NUM, RTOL, ATOL = 10.0, 20, 1e-6, 1e-8
 
 
-def case(activation, n, width, members, loop_members, t1):
+def hand_solvers(flow, save_points, static):
+    """The hand-written baselines: a jitted `diffeqsolve` of one member, vmapped or
+    not, saving the final state only or also the loss at the save points."""
+
+    def one(y0, metrics):
+        subs = [diffrax.SubSaveAt(t1=True)]
+        if metrics:
+            loss = lambda t, y, args: fs.metrics.loss(flow.problem, eqx.combine(y, static))
+            subs.append(diffrax.SubSaveAt(ts=save_points, fn=loss))
+        sol = diffrax.diffeqsolve(
+            flow, diffrax.Tsit5(), 0.0, T1, None, y0, saveat=diffrax.SaveAt(subs=subs),
+            stepsize_controller=diffrax.PIDController(rtol=RTOL, atol=ATOL),
+            max_steps=100_000, throw=False,
+        )
+        return sol.ys, sol.stats["num_steps"]
+
+    return {
+        "vmap": jax.jit(jax.vmap(lambda y0: one(y0, False))),
+        "vmap+metrics": jax.jit(jax.vmap(lambda y0: one(y0, True))),
+        "single": jax.jit(lambda y0: one(y0, False)),
+    }
+
+
+def case(activation, n, width, members, repeats, quick, full):
     X, y = fs.datasets.two_d_nonlinear(n=n, kind="clusters", seed=0)
     models = [fs.models.TwoLayer(X.shape[1], width, key=jr.key(i), activation=activation, scaling="ntk")
               for i in range(members)]
     problem = fs.Problem(models[0], fs.losses.Logistic(), X, y)
     flow = fs.GradientFlow(problem)
-    kw = dict(t1=t1, solver="tsit5", rtol=1e-6, atol=1e-8, metrics=("loss",), saveat=fs.SaveAt(num=20))
-    t_ens, ens = timed(lambda: fs.ensemble.solve(flow, models, **kw))
-    t_loop, _ = timed(lambda: [fs.solve(flow, m, **kw) for m in models[:loop_members]])
-    t_loop *= members / loop_members
-    row = {
-        "activation": activation, "n": n, "width": width, "members": members, "t1": t1,
-        "ensemble_s": t_ens, "loop_s": t_loop,
-        "ensemble_flows_per_s": members / t_ens, "loop_flows_per_s": members / t_loop,
-        "speedup": t_loop / t_ens,
-        "steps_min": int(ens.stats["num_steps"].min()), "steps_max": int(ens.stats["num_steps"].max()),
+    saveat = fs.SaveAt(num=NUM)
+    kw = dict(t1=T1, solver="tsit5", rtol=RTOL, atol=ATOL, metrics=("loss",), saveat=saveat)
+    kinked = not models[0].smooth
+    loop_models = models[:32] if (quick and not kinked) else models
+
+    params = [eqx.filter(m, eqx.is_inexact_array) for m in models]
+    static = eqx.partition(models[0], eqx.is_inexact_array)[1]
+    stacked = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *params)
+    hand = hand_solvers(flow, jnp.asarray(saveat.clock_points(0.0, T1, "linear")), static)
+
+    runs = {
+        "ensemble": lambda: fs.ensemble.solve(flow, models, **kw),
+        "loop": lambda: [fs.solve(flow, m, **kw) for m in loop_models],
+        "hand loop": lambda: [jax.block_until_ready(hand["single"](p)) for p in params],
+    }
+    if not kinked:
+        runs["chunks of 64"] = lambda: fs.ensemble.solve(flow, models, batch_size=64, **kw)
+    if full or not kinked:  # all members at once: minutes for ReLU
+        if kinked:
+            runs["all at once"] = lambda: fs.ensemble.solve(flow, models, batch_size=None, **kw)
+        runs["hand vmap"] = lambda: jax.block_until_ready(hand["vmap"](stacked))
+        runs["hand vmap+metrics"] = lambda: jax.block_until_ready(hand["vmap+metrics"](stacked))
+    scale = {"loop": members / len(loop_models)}
+    warm = {name: run() for name, run in runs.items()}  # compile
+    times = {name: [] for name in runs}
+    compiled = {"ensemble": [], "chunks of 64": [], "all at once": []}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            t0 = time.perf_counter()
+            out = run()
+            times[name].append((time.perf_counter() - t0) * scale.get(name, 1.0))
+            if name in compiled:
+                compiled[name].append(out.stats["wall_time"])
+    best = {name: min(v) for name, v in times.items()}
+    best["ensemble compiled"] = min(compiled["ensemble"])
+    for name in ("chunks of 64", "all at once"):
+        if compiled[name]:
+            best[name] = min(compiled[name])
+
+    ens = warm["ensemble"]
+    steps = ens.stats["num_steps"]
+    rate = {name: members / t for name, t in best.items()}
+    ratio = lambda a, b: best[a] / best[b] if a in best and b in best else None
+    return {
+        "activation": activation, "n": n, "width": width, "members": members, "t1": T1,
+        "batch_size": ens.info.get("batch_size"),
+        "steps_equal_hand": bool(np.array_equal(steps, warm["hand vmap"][1])) if "hand vmap" in warm else None,
+        "seconds": best, "flows_per_s": rate,
+        "speedup_vs_loop": ratio("loop", "ensemble"),
+        "compiled_vs_hand_vmap": ratio("ensemble compiled", "hand vmap"),
+        "compiled_vs_hand_vmap_metrics": ratio("ensemble compiled", "hand vmap+metrics"),
+        "chunks_vs_ensemble_compiled": ratio("chunks of 64", "ensemble compiled"),
+        "hand_vmap_vs_hand_loop": ratio("hand loop", "hand vmap"),
+        "steps_min": int(steps.min()), "steps_median": int(np.median(steps)), "steps_max": int(steps.max()),
+        # Share of a batch-of-all's member-steps spent on members that had finished.
+        "all_at_once_waste": float(1 - steps.sum() / (steps.size * steps.max())),
         "failed": sum(not r.success for r in ens.results),
     }
-    if activation == "relu":
-        # Bucketing: order members by their step count on a short pilot horizon,
-        # then solve in chunks of 32 so each chunk waits only for its own slowest.
-        pilot = fs.ensemble.solve(flow, models, **{**kw, "t1": t1 / 10})
-        order = np.argsort(pilot.stats["num_steps"])
-        sorted_models = [models[i] for i in order]
-        t_b, _ = timed(lambda: fs.ensemble.solve(flow, sorted_models, batch_size=32, **kw))
-        row["bucketed_s"] = t_b + pilot.stats["wall_time"]
-        row["bucketed_speedup_vs_loop"] = t_loop / row["bucketed_s"]
-    return row
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--members", type=int, default=256)
-    parser.add_argument("--quick", action="store_true", help="fewer members in the loop estimate")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="loop over 32 members for smooth flows; 3 repeats")
+    parser.add_argument("--full", action="store_true", help="also time all ReLU members at once (minutes)")
+    parser.add_argument("--cases", default="tanh20,tanh50,relu20", help="comma-separated subset")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
-    loop_members = 32 if args.quick else 64
-    rows = [
-        case("tanh", 20, 16, args.members, loop_members, 10.0),
-        case("tanh", 50, 50, args.members, loop_members, 10.0),
-        case("relu", 20, 16, args.members, loop_members, 10.0),
-    ]
-    print(f"{'act':>5} {'n':>4} {'width':>5} {'M':>5} {'ensemble [flows/s]':>19} {'loop [flows/s]':>15} "
-          f"{'speedup':>8} {'steps (min–max)':>16} {'bucketed ×loop':>15}")
+    repeats = 3 if args.quick else args.repeats
+    cases = {
+        "tanh20": ("tanh", 20, 16, repeats),
+        "tanh50": ("tanh", 50, 50, repeats),
+        "relu20": ("relu", 20, 16, max(1, repeats // 2)),
+    }
+    rows = [case(act, n, w, args.members, r, args.quick, args.full)
+            for name, (act, n, w, r) in cases.items() if name in args.cases.split(",")]
+    cols = ["ensemble", "ensemble compiled", "chunks of 64", "all at once", "loop", "hand vmap",
+            "hand vmap+metrics", "hand loop"]
+    print("flows/s (min-of-N wall time; 'ensemble compiled', 'chunks of 64', 'all at once': compiled part only)")
+    print(f"{'act':>5} {'n':>3} {'w':>3} {'M':>4} {'batch':>5} " + " ".join(f"{c:>17}" for c in cols)
+          + f" {'×loop':>6} {'comp/hand':>9} {'comp/hand+m':>11} {'steps min/med/max':>18} {'waste':>6} {'same steps':>10}")
     for r in rows:
-        extra = f"{r['bucketed_speedup_vs_loop']:>15.2f}" if "bucketed_s" in r else f"{'—':>15}"
-        print(f"{r['activation']:>5} {r['n']:>4} {r['width']:>5} {r['members']:>5} "
-              f"{r['ensemble_flows_per_s']:>19.1f} {r['loop_flows_per_s']:>15.1f} {r['speedup']:>8.2f} "
-              f"{str(r['steps_min']) + '–' + str(r['steps_max']):>16} {extra}")
+        rate = r["flows_per_s"]
+        cells = " ".join(f"{rate[c]:>17.1f}" if c in rate else f"{'—':>17}" for c in cols)
+        steps = f"{r['steps_min']}/{r['steps_median']}/{r['steps_max']}"
+        fmt = lambda x, w: f"{x:>{w}.2f}" if x is not None else f"{'—':>{w}}"
+        print(f"{r['activation']:>5} {r['n']:>3} {r['width']:>3} {r['members']:>4} {str(r['batch_size']):>5} {cells} "
+              f"{fmt(r['speedup_vs_loop'], 6)} {fmt(r['compiled_vs_hand_vmap'], 9)} "
+              f"{fmt(r['compiled_vs_hand_vmap_metrics'], 11)} {steps:>18} {r['all_at_once_waste']:>6.0%} "
+              f"{str(r['steps_equal_hand']):>10}")
     print(f"devices: {jax.devices()}")
     if args.out:
         with open(args.out, "w") as f:

@@ -8,6 +8,7 @@ import sys
 import textwrap
 
 import equinox as eqx
+import jax
 import jax.random as jr
 import numpy as np
 import pytest
@@ -35,7 +36,8 @@ def test_ensemble_matches_member_by_member(two_layer_setup):
     for i, m in enumerate(models):
         single = fs.solve(flow, m, **KW)
         member = ens[i]
-        # The same arithmetic, batched: equal to rounding (measured: bitwise).
+        # The same arithmetic, batched: equal to rounding (measured: within 2e-15;
+        # `batch_size=1` is bitwise, see below).
         np.testing.assert_allclose(member.metrics["loss"], single.metrics["loss"], rtol=1e-12)
         np.testing.assert_allclose(member.final.hidden, single.final.hidden, rtol=1e-12, atol=1e-15)
         assert member.stats["num_steps"] == single.stats["num_steps"]
@@ -50,6 +52,32 @@ def test_stacked_model_and_batch_size_give_the_same_answer(two_layer_setup):
     again = fs.ensemble.solve(flow, stacked, batch_size=4, **KW)  # 6 members → padded to 8
     np.testing.assert_allclose(again.metrics["loss"], ref.metrics["loss"], rtol=1e-12)
     assert again.num_members == 6
+
+
+_ON_CPU = pytest.mark.skipif(jax.devices()[0].platform != "cpu", reason="batch_size='auto' batches all members off CPU")
+
+
+def test_auto_batch_size_batches_smooth_flows_at_once(two_layer_setup):
+    problem, models = two_layer_setup
+    ens = fs.ensemble.solve(fs.GradientFlow(problem), models[:2], **KW)
+    assert ens.info["batch_size"] is None
+
+
+@_ON_CPU
+def test_kinked_members_one_after_another_are_single_solves():
+    """ReLU flows (step counts that vary by orders of magnitude between members) go
+    one after another on one CPU: `fs.solve`'s own program, so bitwise its answer."""
+    X, y = fs.datasets.two_d_nonlinear(n=20, kind="clusters", seed=0)
+    models = [fs.models.TwoLayer(X.shape[1], 8, key=jr.key(i), activation="relu", scaling="ntk") for i in range(3)]
+    flow = fs.GradientFlow(fs.Problem(models[0], fs.losses.Logistic(), X, y))
+    kw = dict(t1=2.0, solver="tsit5", rtol=1e-6, atol=1e-8, metrics=("loss",), saveat=fs.SaveAt(num=5))
+    ens = fs.ensemble.solve(flow, models, shard=False, **kw)
+    assert ens.info["batch_size"] == 1
+    for i, m in enumerate(models):
+        single = fs.solve(flow, m, **kw)
+        np.testing.assert_array_equal(ens[i].metrics["loss"], single.metrics["loss"])
+        np.testing.assert_array_equal(ens[i].final.hidden, single.final.hidden)
+        assert ens[i].stats["num_steps"] == single.stats["num_steps"]
 
 
 def test_flows_varying_in_damping(two_layer_setup):
@@ -106,6 +134,8 @@ def test_bad_ensemble_arguments(two_layer_setup):
         fs.ensemble.stack([models[0], other])
     with pytest.raises(ValueError, match="batch_size"):
         fs.ensemble.solve(flow, models, t1=1.0, batch_size=0)
+    with pytest.raises(ValueError, match="batch_size"):
+        fs.ensemble.solve(flow, models, t1=1.0, batch_size="all")
 
 
 _SHARDED = textwrap.dedent(

@@ -7,6 +7,8 @@ Every `setup` builds its inputs, enables float64 and runs the call once, so the
 
 import math
 
+import diffrax
+import equinox as eqx
 import jax
 import jax.lax as lax
 import jax.numpy as jnp
@@ -90,8 +92,12 @@ class DescendVsForiLoop:
 
 
 class Ensemble:
-    """256 two-layer-network gradient flows: one `fs.ensemble.solve` against a
-    Python loop of single (compiled, reused) `fs.solve` calls."""
+    """256 two-layer-network gradient flows (tanh, n = 20 or 50): one
+    `fs.ensemble.solve` (default `batch_size="auto"`, here all members at once; and
+    in vmapped chunks of 64) against a Python loop of single (compiled, reused)
+    `fs.solve` calls and a hand-written `jax.vmap` of `diffrax.diffeqsolve` saving
+    the same metric at the same points (`scripts/ensemble_throughput.py` has the
+    breakdown)."""
 
     params = [[16, 50]]
     param_names = ["width"]
@@ -105,16 +111,44 @@ class Ensemble:
                        for i in range(self.members)]
         problem = fs.Problem(self.models[0], fs.losses.Logistic(), X, y)
         self.flow = fs.GradientFlow(problem)
-        self.kw = dict(t1=10.0, solver="tsit5", rtol=1e-6, atol=1e-8, metrics=("loss",), saveat=fs.SaveAt(num=20))
+        saveat = fs.SaveAt(num=20)
+        self.kw = dict(t1=10.0, solver="tsit5", rtol=1e-6, atol=1e-8, metrics=("loss",), saveat=saveat)
         fs.ensemble.solve(self.flow, self.models, **self.kw)
+        fs.ensemble.solve(self.flow, self.models, batch_size=64, **self.kw)
         fs.solve(self.flow, self.models[0], **self.kw)
+
+        params = [eqx.filter(m, eqx.is_inexact_array) for m in self.models]
+        static = eqx.partition(self.models[0], eqx.is_inexact_array)[1]
+        self.stacked = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *params)
+        save_points = jnp.asarray(saveat.clock_points(0.0, 10.0, "linear"))
+        flow = self.flow
+
+        @jax.jit
+        @jax.vmap
+        def hand(y0):
+            loss = lambda t, y, args: fs.metrics.loss(flow.problem, eqx.combine(y, static))
+            saveat = diffrax.SaveAt(subs=[diffrax.SubSaveAt(ts=save_points, fn=loss), diffrax.SubSaveAt(t1=True)])
+            return diffrax.diffeqsolve(
+                flow, diffrax.Tsit5(), 0.0, 10.0, None, y0, saveat=saveat,
+                stepsize_controller=diffrax.PIDController(rtol=1e-6, atol=1e-8), max_steps=100_000,
+                throw=False,
+            ).ys
+
+        self.hand = hand
+        jax.block_until_ready(self.hand(self.stacked))
 
     def time_ensemble(self, width):
         fs.ensemble.solve(self.flow, self.models, **self.kw)
 
+    def time_ensemble_chunks_of_64(self, width):
+        fs.ensemble.solve(self.flow, self.models, batch_size=64, **self.kw)
+
     def time_python_loop(self, width):
         for m in self.models:
             fs.solve(self.flow, m, **self.kw)
+
+    def time_hand_written_vmap(self, width):
+        jax.block_until_ready(self.hand(self.stacked))
 
     def track_ensemble_flows_per_second(self, width):
         sol = fs.ensemble.solve(self.flow, self.models, **self.kw)
