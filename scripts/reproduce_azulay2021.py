@@ -23,8 +23,8 @@ into `--out`.
 """
 
 import argparse
-import json
 import math
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -40,6 +40,10 @@ from matplotlib.figure import Figure  # noqa: E402
 import flowsolve as fs  # noqa: E402
 
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the scripts' shared helpers
+from _repro import finding, log, write_summary  # noqa: E402
+
+
 DEFAULTS = {
     "n": 40, "d": 100, "k": 5,
     "alpha": 1e-2,
@@ -49,34 +53,6 @@ DEFAULTS = {
     "rtol": 1e-10, "atol": 1e-12,
 }
 QUICK = {**DEFAULTS, "n": 20, "d": 40, "k": 3, "shapes": (0.0, 0.999, 0.9999)}
-
-
-def finding(claim, measured, holds, source="paper", note=None):
-    out = {"claim": claim, "measured": measured, "holds": bool(holds), "source": source}
-    if note:
-        out["note"] = note
-    return out
-
-
-def _jsonable(x):
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return _jsonable(x.tolist())
-    if isinstance(x, np.bool_ | bool):
-        return bool(x)
-    if isinstance(x, np.integer | int):
-        return int(x)
-    if isinstance(x, np.floating | float):
-        x = float(x)
-        return x if math.isfinite(x) else str(x)
-    return x
-
-
-def log(msg: str) -> None:
-    print(msg, flush=True)
 
 
 def shape_scales(s: float) -> tuple[float, float]:
@@ -198,14 +174,7 @@ def main(argv=None):
         "details": {lbl: {k: v for k, v in r.items() if k not in ("sol", "w", "w_ref")} for lbl, r in runs.items()},
         "wall_time_s": time.perf_counter() - start,
     }
-    summary = _jsonable(summary)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False))
-    log("\nFindings:")
-    for name, f in summary["findings"].items():
-        log(f"  [{'holds' if f['holds'] else 'FAILS'}] {name}: {f['claim']}")
-        log(f"      {json.dumps(f['measured'], ensure_ascii=False)}")
-    log(f"\nWrote {out}/summary.json and plots in {time.perf_counter() - start:.0f} s.")
-    return summary
+    return write_summary(summary, out, start)
 
 
 def _plot(runs, cfg, X, y, w_l1, w_l2, w_star, out):

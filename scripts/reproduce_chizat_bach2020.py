@@ -29,8 +29,7 @@ into `--out`.
 """
 
 import argparse
-import json
-import math
+import sys
 import time
 from pathlib import Path
 
@@ -48,7 +47,9 @@ from matplotlib.figure import Figure  # noqa: E402
 import flowsolve as fs  # noqa: E402
 
 
-LN10 = math.log(10.0)
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the scripts' shared helpers
+from _repro import finding, log, log_clock_axis, log_clock_saves, write_summary  # noqa: E402
+
 
 DEFAULTS = {
     "n": 256,               # training points
@@ -67,59 +68,6 @@ QUICK = {
     "n": 128, "n_test": 1000, "width": 100, "spurious": (0, 16), "seeds": 2,
     "log_t1": 20.0, "num_saves": 30, "boundary_spurious": 16,
 }
-
-
-def finding(claim, measured, holds, source="paper", note=None):
-    out = {"claim": claim, "measured": measured, "holds": bool(holds), "source": source}
-    if note:
-        out["note"] = note
-    return out
-
-
-def _jsonable(x):
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return _jsonable(x.tolist())
-    if isinstance(x, np.bool_ | bool):
-        return bool(x)
-    if isinstance(x, np.integer | int):
-        return int(x)
-    if isinstance(x, np.floating | float):
-        x = float(x)
-        return x if math.isfinite(x) else str(x)
-    return x
-
-
-def log(msg: str) -> None:
-    print(msg, flush=True)
-
-
-def log_clock_saves(log_t1: float, num: int, params: bool = False) -> fs.SaveAt:
-    """Save points log-spaced in s = log(1 + t) from s = 1e-2 to the horizon, given as
-    log t (so that horizons past float64 work)."""
-    s1 = float(np.logaddexp(0.0, log_t1))
-    s = np.geomspace(1e-2, s1, num)
-    log_t = s + np.log(-np.expm1(-s))  # log(e^s − 1), stably at both ends
-    log_t[-1] = log_t1
-    return fs.SaveAt(log_ts=log_t, params=params)
-
-
-def _log_clock_axis(ax):
-    """x = s = log(1 + t) on a log axis, with t marked on a top axis."""
-    ax.set_xscale("log")
-    ax.set_xlabel("s = log(1 + t)")
-    lo, hi = ax.get_xlim()
-    top = ax.twiny()
-    top.set_xscale("log")
-    top.set_xlim(lo, hi)
-    ticks = [(float(np.logaddexp(0.0, k * LN10)), f"$10^{{{k}}}$") for k in (-1, 0, 2, 4, 10, 20, 30, 100, 300)]
-    ticks = [(s, text) for s, text in ticks if lo <= s <= hi]
-    top.set_xticks([s for s, _ in ticks], [text for _, text in ticks], fontsize=8)
-    top.minorticks_off()
-    top.set_xlabel("t", fontsize=9)
 
 
 # ------------------------------------------------------------------- the networks
@@ -365,14 +313,7 @@ def main(argv=None):
         "details": {"per_spurious_dims": table},
         "wall_time_s": time.perf_counter() - start,
     }
-    summary = _jsonable(summary)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False))
-    log("\nFindings:")
-    for name, f in summary["findings"].items():
-        log(f"  [{'holds' if f['holds'] else 'FAILS'}] {name}: {f['claim']}")
-        log(f"      {json.dumps(f['measured'], ensure_ascii=False)}")
-    log(f"\nWrote {out}/summary.json and plots in {time.perf_counter() - start:.0f} s.")
-    return summary
+    return write_summary(summary, out, start)
 
 
 # ------------------------------------------------------------------- plots
@@ -441,7 +382,7 @@ def _plot_paths(points, cfg, out):
     for i, ax in enumerate(axes):
         # Margins are positive (drawn) only once the training data are fit.
         ax.set_xlim(1e-2 if i == 0 else 1.0, 1.3 * s1)
-        _log_clock_axis(ax)
+        log_clock_axis(ax)
         ax.grid(True, alpha=0.35)
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncol=len(points), fontsize=8.5)

@@ -30,8 +30,7 @@ into `--out`.
 """
 
 import argparse
-import json
-import math
+import sys
 import time
 from pathlib import Path
 
@@ -50,7 +49,9 @@ from matplotlib.figure import Figure  # noqa: E402
 import flowsolve as fs  # noqa: E402
 
 
-LN10 = math.log(10.0)
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the scripts' shared helpers
+from _repro import LN10, finding, log, log_clock_axis, log_clock_saves, write_summary  # noqa: E402
+
 
 DEFAULTS = {
     # Sparse-teacher classification: n < d, a 2-sparse teacher.
@@ -77,48 +78,9 @@ QUICK = {
 }
 
 
-def finding(claim, measured, holds, source="paper", note=None):
-    out = {"claim": claim, "measured": measured, "holds": bool(holds), "source": source}
-    if note:
-        out["note"] = note
-    return out
-
-
-def _jsonable(x):
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return _jsonable(x.tolist())
-    if isinstance(x, np.bool_ | bool):
-        return bool(x)
-    if isinstance(x, np.integer | int):
-        return int(x)
-    if isinstance(x, np.floating | float):
-        x = float(x)
-        return x if math.isfinite(x) else str(x)
-    return x
-
-
 def cosine(a, b) -> float:
     a, b = np.ravel(np.asarray(a)), np.ravel(np.asarray(b))
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
-
-
-def log_clock_saves(log_t1: float, num: int) -> fs.SaveAt:
-    """Save points log-spaced in s = log(1 + t) from s = 1e-2 to the horizon (the
-    default spaces them linearly in s, which leaves the early phase with one point),
-    given as log t so that horizons past float64 work."""
-    s1 = float(np.logaddexp(0.0, log_t1))
-    s = np.geomspace(1e-2, s1, num)
-    log_t = s + np.log(-np.expm1(-s))  # log(e^s − 1), stably at both ends
-    log_t[-1] = log_t1
-    return fs.SaveAt(log_ts=log_t)
-
-
-def log(msg: str) -> None:
-    print(msg, flush=True)
 
 
 # ----------------------------------------------------------------- classification
@@ -313,23 +275,6 @@ def classification(cfg, seed, out):
     return findings, {"runs": final, "reference_test_errors": refs}
 
 
-def _log_clock_axis(ax):
-    """x = s = log(1 + t) on a log axis, with t marked on a top axis."""
-    ax.set_xscale("log")
-    ax.set_xlabel("s = log(1 + t)")
-    lo, hi = ax.get_xlim()
-    top = ax.twiny()
-    top.set_xscale("log")
-    top.set_xlim(lo, hi)
-    # s = log(1 + 10^k) = logaddexp(0, k ln 10): no overflow for t past float64.
-    ticks = [(float(np.logaddexp(0.0, k * LN10)), f"$10^{{{k}}}$")
-             for k in (-1, 0, 2, 4, 10, 30, 100, 300, 1000, 3000, 10000)]
-    ticks = [(s, text) for s, text in ticks if lo <= s <= hi]
-    top.set_xticks([s for s, _ in ticks], [text for _, text in ticks], fontsize=8)
-    top.minorticks_off()
-    top.set_xlabel("t", fontsize=9)
-
-
 def _plot_classification(runs, refs, final, l1mm, cfg, out):
     styles = {
         "GF linear": ("C0", "-"), "GF diagonal D=2": ("C1", "-"),
@@ -359,7 +304,7 @@ def _plot_classification(runs, refs, final, l1mm, cfg, out):
             ax.plot(s[keep][-1:], v[-1:], "o", color=color, markersize=4)
         if one_minus:
             ax.set_yscale("log")
-        _log_clock_axis(ax)
+        log_clock_axis(ax)
         ax.set_ylabel(ylabel)
         ax.grid(True, alpha=0.35)
     handles, labels = axes[0].get_legend_handles_labels()
@@ -401,7 +346,7 @@ def _plot_classification(runs, refs, final, l1mm, cfg, out):
     ax1.plot(s, ratio, color="C1", linewidth=1.8, label=f"GF diagonal D=2 (α = {cfg['diag_init']:g})")
     ax1.axhline(1.0, color="0.3", linestyle="--", linewidth=1.2, label=f"ℓ1 max margin (LP), γ* = {l1mm.margin:.4g}")
     ax1.set_ylim(max(-0.5, float(np.min(ratio)) - 0.05), 1.05)
-    _log_clock_axis(ax1)
+    log_clock_axis(ax1)
     ax1.set_ylabel("normalised ℓ1 margin / γ*")
     ax1.grid(True, alpha=0.35)
     ax1.legend(fontsize=8, loc="center left")
@@ -409,7 +354,7 @@ def _plot_classification(runs, refs, final, l1mm, cfg, out):
     keep = (gap > 0) & (ratio > 0)
     ax2.plot(s[keep], gap[keep], color="C1", linewidth=1.8)
     ax2.set_yscale("log")
-    _log_clock_axis(ax2)
+    log_clock_axis(ax2)
     ax2.set_ylabel("relative ℓ1 margin gap 1 − γ/γ*")
     ax2.grid(True, which="both", alpha=0.3)
     fig.suptitle("gradient flow on a depth-2 diagonal network approaches the ℓ1 max-margin classifier", fontsize=11)
@@ -632,14 +577,7 @@ def main(argv=None):
         "details": {"classification": d1, "matrix_completion": d2},
         "wall_time_s": time.perf_counter() - start,
     }
-    summary = _jsonable(summary)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False))
-    log("\nFindings:")
-    for name, f in summary["findings"].items():
-        log(f"  [{'holds' if f['holds'] else 'FAILS'}] {name}: {f['claim']}")
-        log(f"      {json.dumps(f['measured'], ensure_ascii=False)}")
-    log(f"\nWrote {out}/summary.json and plots in {time.perf_counter() - start:.0f} s.")
-    return summary
+    return write_summary(summary, out, start)
 
 
 if __name__ == "__main__":
