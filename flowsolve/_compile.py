@@ -16,14 +16,13 @@ _CACHE: "collections.OrderedDict[Any, Any]" = collections.OrderedDict()
 _MAX_ENTRIES = 64
 
 
-def _split(args):
-    """Flatten `args` once into its array leaves (the executable's inputs) and a
-    hashable key of everything else: the tree structure, the arrays' shapes and
-    dtypes, and the other leaves themselves (`None` when one is unhashable)."""
-    leaves, treedef = jtu.tree_flatten(args)
+def _flatten(tree):
+    """`(leaves, treedef, is_dynamic, key)`: the leaves of `tree`, which of them are
+    arrays, and a hashable key of everything but the arrays' values (the tree
+    structure, the arrays' shapes and dtypes, the other leaves themselves; `None`
+    when one is unhashable)."""
+    leaves, treedef = jtu.tree_flatten(tree)
     is_dynamic = tuple(eqx.is_array(x) for x in leaves)
-    dynamic = [x for x, d in zip(leaves, is_dynamic) if d]
-    static = tuple(None if d else x for x, d in zip(leaves, is_dynamic))
     signature = tuple(
         (x.shape, x.dtype, getattr(x, "weak_type", False)) if d else ("static", x)
         for x, d in zip(leaves, is_dynamic)
@@ -33,6 +32,21 @@ def _split(args):
         hash(key)
     except TypeError:
         key = None
+    return leaves, treedef, is_dynamic, key
+
+
+def abstract_key(tree):
+    """A hashable key of what tracing a function of `tree` depends on (all but the
+    arrays' values), or `None` when some non-array leaf is unhashable."""
+    return _flatten(tree)[3]
+
+
+def _split(args):
+    """Flatten `args` once into its array leaves (the executable's inputs), what
+    rebuilds `args` from them, and the cache key."""
+    leaves, treedef, is_dynamic, key = _flatten(args)
+    dynamic = [x for x, d in zip(leaves, is_dynamic) if d]
+    static = tuple(None if d else x for x, d in zip(leaves, is_dynamic))
     return dynamic, (treedef, is_dynamic, static), key
 
 

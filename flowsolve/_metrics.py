@@ -18,6 +18,7 @@ import jax.tree_util as jtu
 import numpy as np
 from jaxtyping import Array
 
+from ._compile import abstract_key
 from ._losses import Exponential, Logistic
 from ._misc import safe_divide, safe_norm
 from ._models import AbstractModel
@@ -217,22 +218,6 @@ _APPLIES: "collections.OrderedDict[Any, None]" = collections.OrderedDict()
 _MAX_APPLIES = 256
 
 
-def _abstract_key(problem, model):
-    """What decides whether a metric traces on `(problem, model)`: the structure and
-    the arrays' shapes and dtypes; `None` if unhashable."""
-    leaves, treedef = jtu.tree_flatten((problem, model))
-    avals = tuple(
-        (x.shape, x.dtype, getattr(x, "weak_type", False)) if eqx.is_array(x) else ("static", x)
-        for x in leaves
-    )
-    key = (treedef, avals)
-    try:
-        hash(key)
-    except TypeError:
-        return None
-    return key
-
-
 def _check_applies(name: str, fn, problem: Problem, model: eqx.Module, structure) -> None:
     key = None if structure is None else (fn, structure)
     if key is not None and key in _APPLIES:
@@ -277,7 +262,7 @@ def resolve(
     names = tuple(n for n, _ in items)
     if len(set(names)) != len(names):
         raise ValueError(f"Metric names must be unique, got {names}.")
-    structure = _abstract_key(problem, model) if items else None
+    structure = abstract_key((problem, model)) if items else None
     for name, fn in items:
         _check_applies(name, fn, problem, model, structure)
         if name in _LINEAR_MARGINS and _linear_predictor(problem, model) is not None:
