@@ -10,6 +10,8 @@ import jax.tree_util as jtu
 import numpy as np
 import optimistix as optx
 
+from ._rosenbrock import Rodas5P
+
 
 _EXPLICIT = {
     "tsit5": diffrax.Tsit5,
@@ -27,7 +29,8 @@ _IMPLICIT = {
     "kvaerno5": diffrax.Kvaerno5,
     "implicit_euler": diffrax.ImplicitEuler,
 }
-SOLVER_NAMES = tuple(sorted(_EXPLICIT) + sorted(_IMPLICIT) + ["auto"])
+_ROSENBROCK = {"rodas5p": Rodas5P}
+SOLVER_NAMES = tuple(sorted(_EXPLICIT) + sorted(_IMPLICIT) + sorted(_ROSENBROCK) + ["auto"])
 
 #: Above this many parameters, "auto" stays explicit on the log clock: implicit
 #: solvers form and factorise the dense p×p Jacobian of the vector field.
@@ -47,18 +50,21 @@ def _newton():
     return diffrax.with_stepsize_controller_tols(optx.Newton)(cauchy_termination=False)
 
 
-#: On the linear clock "auto" goes implicit when an explicit solver would need more
-#: than this many steps for stability alone (spectral radius × span / 3.3).
-AUTO_STIFF_STEPS = 5000
+#: "auto" goes implicit when an explicit solver would need more than this many
+#: further steps for stability alone (spectral radius × remaining span / 3.3).
+#: Calibrated on the 200 × 50 logistic log clock (rtol 1e-8), where a Rodas5P step
+#: costs ~4 Tsit5 steps: with 300, auto is within 1.05× of the faster of Tsit5 and
+#: Rodas5P at t = 1e2, 1e4, 1e8 and e^100, and switches early at longer horizons
+#: (5000, the figure for Kvaerno5 + Newton, left log t = 30 at Tsit5's 1.7× cost).
+AUTO_STIFF_STEPS = 300
 
 
 def stiff_threshold(num_params: int) -> float:
     """Explicit steps beyond which going implicit pays, for `num_params` parameters.
 
-    An implicit step forms the p×p Jacobian (p JVPs) in every Newton iteration and
-    factorises it, so its cost relative to an explicit step grows with p: measured
-    28× at p = 50 (200 × 50 logistic problem) and ~2000× at p = 800 (a diagonal
-    network on the log clock), about p^1.5. `AUTO_STIFF_STEPS` is calibrated at
+    An implicit step forms the p×p Jacobian (p JVPs) and factorises it, so its cost
+    relative to an explicit step grows with p (about p^1.5 measured for implicit
+    Runge–Kutta steps between p = 50 and 800). `AUTO_STIFF_STEPS` is calibrated at
     p = 50 and scaled by (p/50)^1.5 above it.
     """
     return AUTO_STIFF_STEPS * max(1.0, num_params / 50.0) ** 1.5
@@ -124,7 +130,8 @@ def last_stage_rho_h(k, d):
 
 class _SwitchInterpolation(diffrax.AbstractLocalInterpolation):
     """Dense output of an `AutoSwitch` step: Tsit5's own interpolant for explicit
-    steps, the cubic Hermite interpolant (Kvaerno5's) for implicit ones."""
+    steps, the cubic Hermite interpolant through both ends (Rodas5P's) for
+    implicit ones."""
 
     t0: Any
     t1: Any
@@ -136,7 +143,9 @@ class _SwitchInterpolation(diffrax.AbstractLocalInterpolation):
         self.t0 = t0
         self.t1 = t1
         self.explicit = diffrax.Tsit5.interpolation_cls(t0=t0, t1=t1, y0=y0, y1=y1, k=k)
-        self.implicit = diffrax.Kvaerno5.interpolation_cls(t0=t0, t1=t1, y0=y0, y1=y1, k=k)
+        # `k` holds Tsit5's seven stages; an implicit step stores h·f(t0, y0) first
+        # and h·f(t1, y1) last (see `AutoSwitch.step`), what the Hermite form reads.
+        self.implicit = Rodas5P.interpolation_cls(t0=t0, t1=t1, y0=y0, y1=y1, k=k)
         self.stiff = stiff
 
     def evaluate(self, t0, t1=None, left=True):
@@ -146,21 +155,21 @@ class _SwitchInterpolation(diffrax.AbstractLocalInterpolation):
 
 
 class AutoSwitch(diffrax.AbstractAdaptiveSolver):
-    """Tsit5 while the flow is not stiff, Kvaerno5 (+ Newton) once it is: the
-    explicit → implicit switch of stiffness-detecting composite integrators
-    (Hairer & Wanner's DOPRI5 test; DifferentialEquations.jl's `AutoTsit5(Rodas5())`).
+    """Tsit5 while the flow is not stiff, Rodas5P once it is: the explicit →
+    implicit switch of stiffness-detecting composite integrators (Hairer & Wanner's
+    DOPRI5 test; DifferentialEquations.jl's `AutoTsit5(Rodas5P())`).
 
-    Both methods end with two stages at `c = 1`, so each step gives a free estimate
-    of `ρ·h` (ρ the spectral radius of the vector field's Jacobian along the
-    stiff direction): `‖k_7 − k_6‖ / ‖y_7 − y_6‖` (Hairer, Nørsett & Wanner,
+    Tsit5 ends with two stages at `c = 1`, so each explicit step gives a free
+    estimate of `ρ·h` (ρ the spectral radius of the vector field's Jacobian along
+    the stiff direction): `‖k_7 − k_6‖ / ‖y_7 − y_6‖` (Hairer, Nørsett & Wanner,
     *Solving ODEs II*, IV.2). The solver switches to the implicit method when an
     explicit one would need more than `threshold` further steps for stability
     alone — `ρ · (horizon − t) / 3.3`, 3.3 being Tsit5's stability limit on the
     negative real axis — on `patience` consecutive accepted steps. The switch is one
     way: the stiffness of the flows this library solves (log-clock classification
     flows) does not go away. Switching pays only when the remaining horizon is long,
-    because an implicit step costs 10–20 explicit ones on these problems; the
-    threshold encodes that.
+    because an implicit step costs several explicit ones (a Jacobian and an LU
+    factorisation); the threshold encodes that.
     """
 
     explicit: diffrax.AbstractSolver
@@ -178,6 +187,7 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver):
         return 5
 
     def init(self, terms, t0, t1, y0, args):
+        # The state is the explicit solver's: the implicit one (Rodas5P) keeps none.
         inner = self.explicit.init(terms, t0, t1, y0, args)
         dtype = jnp.result_type(t0, t1, float)
         # The switch's own state packed in one small array (stiff flag, consecutive
@@ -201,12 +211,25 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver):
         def run(solver):
             return lambda: solver.step(terms, t0, t1, y0, args, inner, made_jump)
 
-        y1, y_error, dense, inner1, result = jax.lax.cond(
-            stiff, run(self.implicit), run(self.explicit)
-        )
+        def implicit():
+            # Rodas5P keeps no state between steps; Tsit5's (never read again: the
+            # switch is one way) rides along unchanged.
+            y1, y_error, dense, _, result = self.implicit.step(
+                terms, t0, t1, y0, args, None, made_jump
+            )
+            # Tsit5's dense output carries seven stages; lay the Hermite ends out
+            # in the same shape, h·f(t0, y0) first and h·f(t1, y1) last.
+            k = jtu.tree_map(
+                lambda k: jnp.zeros((7,) + k.shape[1:], k.dtype).at[0].set(k[0]).at[-1].set(k[-1]),
+                dense["k"],
+            )
+            return y1, y_error, dict(dense, k=k), inner, result
+
+        y1, y_error, dense, inner1, result = jax.lax.cond(stiff, implicit, run(self.explicit))
         # Switch when ρ·(horizon − t1)/3.3 > threshold, i.e. (ρh)² (horizon − t1)²
-        # > (3.3·threshold·h)², with (ρh)² = dk2/dy2 — no divisions to guard.
-        dk2, dy2 = _last_stage_norms(dense["k"], jnp.where(stiff, _D_IMPLICIT, _D_EXPLICIT))
+        # > (3.3·threshold·h)², with (ρh)² = dk2/dy2 — no divisions to guard. (Only
+        # read on explicit steps: once stiff, the switch is final.)
+        dk2, dy2 = _last_stage_norms(dense["k"], _D_EXPLICIT)
         h = t1 - t0
         # With `only_when_limited` (linear clock), counted only while the explicit
         # step is stability-limited (ρh near Tsit5's bound 3.3): a transient
@@ -224,19 +247,18 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver):
 
 
 _D_EXPLICIT = _last_stage_difference(diffrax.Tsit5.tableau)
-_D_IMPLICIT = _last_stage_difference(diffrax.Kvaerno5.tableau)
 
 
 def auto_switch(
     horizon, rtol, atol, *, num_params: int, stiff: bool = False, only_when_limited: bool = False
 ) -> AutoSwitch:
-    """The log clock's `"auto"`: Tsit5 switching to Kvaerno5 + Newton. diffeqsolve
-    hands the controller's tolerances only to a solver that is itself implicit, so
-    the wrapped Newton gets them here."""
-    newton = optx.Newton(rtol=rtol, atol=atol, norm=optx.rms_norm, cauchy_termination=False)
+    """The log clock's `"auto"`: Tsit5 switching to Rodas5P. (`rtol`, `atol`: kept
+    in the signature for the cache key; a Rosenbrock step has no inner iteration
+    to give tolerances to.)"""
+    del rtol, atol
     return AutoSwitch(
         diffrax.Tsit5(),
-        diffrax.Kvaerno5(root_finder=newton),
+        Rodas5P(),
         horizon=jnp.asarray(horizon, jnp.result_type(float)),
         stiff0=jnp.asarray(stiff),
         threshold=stiff_threshold(num_params),
@@ -251,15 +273,15 @@ def resolve_solver(
 ) -> tuple[diffrax.AbstractSolver, str]:
     """Return `(diffrax solver, name)` for `solver` = a name or a diffrax solver.
 
-    `"auto"`: on the log clock, Kvaerno5 + Newton for up to
-    `AUTO_IMPLICIT_MAX_PARAMS` parameters (classification flows are stiff there:
+    `"auto"`: on the log clock, for up to `AUTO_IMPLICIT_MAX_PARAMS` parameters,
+    Tsit5 switching to Rodas5P once stiff (classification flows are stiff there:
     support-vector margins equilibrate fast while the direction drifts slowly);
-    on the linear clock, Kvaerno5 when `stiffness` (spectral radius of the vector
-    field's Jacobian at θ0 × the span) says an explicit solver would need more
-    than `stiff_threshold(num_params)` steps for stability (5000 up to 50
-    parameters, growing like p^1.5: implicit steps cost more with p); otherwise
-    Tsit5, or Bosh3 for
-    piecewise-smooth flows (`smooth=False`: ReLU networks)."""
+    on the linear clock the same switch when `stiffness` (spectral radius of the
+    vector field's Jacobian at θ0 × the span) says an explicit solver would need
+    more than `stiff_threshold(num_params)` steps for stability (300 up to 50
+    parameters, growing like p^1.5: implicit steps cost more with p), Rodas5P
+    when no horizon is known; otherwise Tsit5, or Bosh3 for piecewise-smooth
+    flows (`smooth=False`: ReLU networks)."""
     if isinstance(solver, diffrax.AbstractSolver):
         return solver, type(solver).__name__
     if not isinstance(solver, str):
@@ -282,7 +304,7 @@ def resolve_solver(
                 horizon, rtol, atol, num_params=num_params, only_when_limited=True
             ), "auto"
         if small and (clock == "log" or stiff):
-            name = "kvaerno5"
+            name = "rodas5p"
         else:
             # A piecewise-smooth field (ReLU) defeats high order: every kink costs
             # rejected steps whatever the order, and between kinks Bosh3's cheaper
@@ -294,6 +316,8 @@ def resolve_solver(
         return _EXPLICIT[name](), name
     if name in _IMPLICIT:
         return _IMPLICIT[name](root_finder=_newton()), name
+    if name in _ROSENBROCK:
+        return _ROSENBROCK[name](), name
     raise ValueError(
         f"Unknown solver {solver!r}. Choose one of: {', '.join(SOLVER_NAMES)}; or pass "
         "a diffrax solver such as `diffrax.Kvaerno5()`."
