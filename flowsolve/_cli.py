@@ -72,7 +72,7 @@ def _add_demo(subparsers) -> None:
         description=(
             "Gradient flow of a linear model on separable Gaussian data with the "
             "logistic loss, on the log clock to t = e^LOG_T1 with solver='auto' "
-            "(Tsit5, switching to implicit Kvaerno5 once the flow turns stiff); and, for contrast, a depth-2 linear network with Tsit5 "
+            "(Tsit5, switching to the linearly implicit Rodas5P once the flow turns stiff); and, for contrast, a depth-2 linear network with Tsit5 "
             f"to t = e^min(LOG_T1, {_DEMO_DEEP_MAX_LOG_T:g}). Prints a summary, "
             "compares the normalised margins with the hard-margin SVM, and writes "
             "a convergence plot (demo.png) and a JSON summary (summary.json)."

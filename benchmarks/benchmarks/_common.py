@@ -219,7 +219,12 @@ def trainable_of(model):
 
 def diffrax_solver(name: str):
     """The diffrax solver behind a flowsolve solver name, written out as a user would
-    (implicit ones with Newton at the controller's tolerances)."""
+    (implicit ones with Newton at the controller's tolerances; diffrax has no
+    Rosenbrock solver, so `"rodas5p"` is flowsolve's, used as a diffrax solver)."""
+    if name == "rodas5p":
+        import flowsolve as fs
+
+        return fs.Rodas5P()
     if name.startswith("kvaerno"):
         newton = diffrax.with_stepsize_controller_tols(optx.Newton)(cauchy_termination=False)
         return getattr(diffrax, name.capitalize())(root_finder=newton)

@@ -29,7 +29,7 @@ def _svm_problem():
 class LogClockHorizon:
     """Gradient flow to t = e^{log_t1} on the 200 × 50 separable logistic problem."""
 
-    params = [[100.0, 1000.0, 1e4, 1e6], ["auto", "tsit5"]]
+    params = [[100.0, 1000.0, 1e4, 1e6], ["auto", "tsit5", "rodas5p"]]
     param_names = ["log_t1", "solver"]
     timeout = 300
 
