@@ -71,14 +71,12 @@ _C = (
 _STAGES = len(_ALPHA)
 
 
-def _combine(coeffs, us, scale=None):
+def _combine(coeffs, us):
     """`Σ_j coeffs_j · us_j` over the nonzero coefficients (static), or `None`."""
     out = None
     for c, u in zip(coeffs, us):
-        if c == 0.0:
-            continue
-        term = (c if scale is None else c * scale) * u
-        out = term if out is None else out + term
+        if c != 0.0:
+            out = c * u if out is None else out + c * u
     return out
 
 
@@ -128,9 +126,9 @@ class Rodas5P(diffrax.AbstractAdaptiveSolver):
                 shift = _combine(_A[i], us)
                 vf = f(t0 + _ALPHA[i] * h, flat0 if shift is None else flat0 + shift)
             rhs = vf
-            coupling = _combine(_C[i], us, scale=1 / h)
+            coupling = _combine(_C[i], us)
             if coupling is not None:
-                rhs = rhs + coupling
+                rhs = rhs + coupling / h
             if _GAMMA_T[i] != 0.0:
                 rhs = rhs + (_GAMMA_T[i] * h) * ft
             us.append(jsl.lu_solve(lu, rhs))

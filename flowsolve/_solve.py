@@ -365,7 +365,7 @@ def prepare(
         stiffness = spectral_radius(flow.term(clock), s0, y0) * (s1 - s0)
     dsolver, solver_name = _resolve_solver_cached(
         solver, clock=clock, num_params=num_params, stiffness=stiffness, horizon=s1,
-        rtol=rtol, atol=atol, smooth=bool(getattr(model, "smooth", True)),
+        smooth=bool(getattr(model, "smooth", True)),
     )
     if is_adaptive(dsolver):
         controller = CollapseGuard(

@@ -217,10 +217,11 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver):
             y1, y_error, dense, _, result = self.implicit.step(
                 terms, t0, t1, y0, args, None, made_jump
             )
-            # Tsit5's dense output carries seven stages; lay the Hermite ends out
+            # Tsit5's dense output carries its seven stages; lay the Hermite ends out
             # in the same shape, h·f(t0, y0) first and h·f(t1, y1) last.
+            stages = len(_D_EXPLICIT)
             k = jtu.tree_map(
-                lambda k: jnp.zeros((7,) + k.shape[1:], k.dtype).at[0].set(k[0]).at[-1].set(k[-1]),
+                lambda k: jnp.zeros((stages,) + k.shape[1:], k.dtype).at[0].set(k[0]).at[-1].set(k[-1]),
                 dense["k"],
             )
             return y1, y_error, dict(dense, k=k), inner, result
@@ -249,18 +250,13 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver):
 _D_EXPLICIT = _last_stage_difference(diffrax.Tsit5.tableau)
 
 
-def auto_switch(
-    horizon, rtol, atol, *, num_params: int, stiff: bool = False, only_when_limited: bool = False
-) -> AutoSwitch:
-    """The log clock's `"auto"`: Tsit5 switching to Rodas5P. (`rtol`, `atol`: kept
-    in the signature for the cache key; a Rosenbrock step has no inner iteration
-    to give tolerances to.)"""
-    del rtol, atol
+def auto_switch(horizon, *, num_params: int, only_when_limited: bool = False) -> AutoSwitch:
+    """`"auto"`'s switching solver: Tsit5, then Rodas5P once stiff."""
     return AutoSwitch(
         diffrax.Tsit5(),
         Rodas5P(),
         horizon=jnp.asarray(horizon, jnp.result_type(float)),
-        stiff0=jnp.asarray(stiff),
+        stiff0=jnp.asarray(False),
         threshold=stiff_threshold(num_params),
         only_when_limited=only_when_limited,
     )
@@ -268,8 +264,7 @@ def auto_switch(
 
 def resolve_solver(
     solver, *, clock: str, num_params: int, stiffness: float | None = None,
-    horizon: float | None = None, rtol: float = 1e-8, atol: float = 1e-10,
-    smooth: bool = True,
+    horizon: float | None = None, smooth: bool = True,
 ) -> tuple[diffrax.AbstractSolver, str]:
     """Return `(diffrax solver, name)` for `solver` = a name or a diffrax solver.
 
@@ -293,16 +288,14 @@ def resolve_solver(
     if name == "auto":
         small = num_params <= AUTO_IMPLICIT_MAX_PARAMS
         if small and clock == "log" and horizon is not None:
-            return auto_switch(horizon, rtol, atol, num_params=num_params), "auto"
+            return auto_switch(horizon, num_params=num_params), "auto"
         stiff = stiffness is not None and stiffness / 3.3 > stiff_threshold(num_params)
         if small and stiff and horizon is not None:
             # Stiff at θ0 by the power-iteration estimate: start explicit anyway and
             # let the in-flight test decide, since the estimate at θ0 cannot tell a
             # transient (NGF from a near-singular Fisher: Tsit5 takes 122 steps
             # where the estimate predicted 8e4) from lasting stiffness.
-            return auto_switch(
-                horizon, rtol, atol, num_params=num_params, only_when_limited=True
-            ), "auto"
+            return auto_switch(horizon, num_params=num_params, only_when_limited=True), "auto"
         if small and (clock == "log" or stiff):
             name = "rodas5p"
         else:
