@@ -77,7 +77,7 @@ def solve_chunked(setup: Setup, stop, checkpoint, every: int):
     # "auto"'s explicit → implicit switch is carried across chunks.
     switching = isinstance(args[1], AutoSwitch)
     mode = {"stiff": bool(np.asarray(args[1].stiff0)) if switching else False,
-            "switched_at": float("nan")}
+            "switched_at": float("nan"), "switches": 0}
     done = 0
     pieces: list[tuple[np.ndarray, dict]] = []
     counts = {"num_accepted_steps": 0, "num_rejected_steps": 0, "num_steps": 0}
@@ -135,9 +135,15 @@ def solve_chunked(setup: Setup, stop, checkpoint, every: int):
             ))
             y = jtu.tree_map(lambda x: x[-1], out["final"])
             if switching:
-                if bool(out["stiff"]) and not mode["stiff"]:
+                # The time of the last switch to the implicit method while it is on
+                # (a chunk that ends implicit and never switched keeps the earlier
+                # one); NaN once it is off.
+                if not bool(out["stiff"]):
+                    mode["switched_at"] = float("nan")
+                elif np.isfinite(out["switched_at"]):
                     mode["switched_at"] = float(out["switched_at"])
                 mode["stiff"] = bool(out["stiff"])
+                mode["switches"] = mode.get("switches", 0) + int(out["switches"])
             if bar is not None:
                 bar.n = t_final - s_start
                 bar.refresh()
@@ -182,6 +188,7 @@ def solve_chunked(setup: Setup, stop, checkpoint, every: int):
     }
     if switching:
         out["stiff"], out["switched_at"] = mode["stiff"], mode["switched_at"]
+        out["switches"] = mode.get("switches", 0)
     traj = finish(setup, out, times["compile"], times["wall"])
     if traj.result is not RESULTS.event_occurred:
         traj.info["stopped_by"] = "horizon" if traj.result is RESULTS.successful else stopped_by

@@ -1,6 +1,7 @@
 """Many flows in one compiled solve: `vmap` over initial models (and, optionally,
 over flows that differ in their arrays: damping, data), sharded over devices."""
 
+import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
 
@@ -20,6 +21,7 @@ from ._problem import Problem
 from ._results import RESULTS
 from ._saveat import SaveAt
 from ._solve import _clock_to_log_t, _nonfinite, _program, _vf_evals, prepare, result_of
+from ._solver import AutoSwitch
 from ._trajectory import Trajectory
 
 
@@ -152,8 +154,14 @@ def _auto_batch_size(model, n_dev: int) -> int | None:
     return None
 
 
+#: The vmapped member axis, named so that `AutoSwitch` can switch all members at once.
+_AXIS = "members"
+
+
 def _ensemble_program(ens):
     args, y0s, flows, stacked_flows, batch_size, clock = ens
+    if isinstance(args[1], AutoSwitch):
+        args = (args[0], dataclasses.replace(args[1], axis_name=_AXIS), *args[2:])
 
     def member(y0, flow):
         a = list(args)
@@ -163,7 +171,9 @@ def _ensemble_program(ens):
             a[8] = flow.problem
         return _program(tuple(a))
 
-    fn = eqx.filter_vmap(member, in_axes=(0, eqx.if_array(0) if stacked_flows else None))
+    fn = eqx.filter_vmap(
+        member, in_axes=(0, eqx.if_array(0) if stacked_flows else None), axis_name=_AXIS
+    )
     if batch_size is None:
         return fn(y0s, flows)
     # Chunks of `batch_size` members, one after the other (lax.map): a chunk ends
@@ -336,6 +346,16 @@ def _finish_ensemble(setup, out, m, compile_time, wall_time, member_flows, batch
     params = None
     if params_hist is not None:
         params = eqx.combine(jtu.tree_map(mask, params_hist), static)
+    info = {**setup.info, "kind": "ensemble-flow", "batch_size": batch_size}
+    if "stiff" in out:
+        # Per member: log t of the last Tsit5 → Rodas5P switch, NaN where it never
+        # came or was undone; and how many switches there were.
+        # Vmapped members switch together (see `AutoSwitch`), one by one each alone.
+        stiff = np.asarray(out["stiff"], bool)
+        with np.errstate(invalid="ignore"):
+            info["switched_at"] = np.where(stiff, _clock_to_log_t(out["switched_at"], clock)[1], np.nan)
+        info["solver"] = "tsit5→rodas5p" if stiff.any() else "tsit5"
+        info["switches"] = np.asarray(out["switches"]).astype(np.int64)
     return Trajectory(
         ts=ts,
         log_ts=log_ts,
@@ -345,7 +365,7 @@ def _finish_ensemble(setup, out, m, compile_time, wall_time, member_flows, batch
         log_t_final=log_t_final,
         result=failed[0] if failed else RESULTS.successful,
         stats=stats,
-        info={**setup.info, "kind": "ensemble-flow", "batch_size": batch_size},
+        info=info,
         results=tuple(results),
     )
 

@@ -175,7 +175,8 @@ def _program(args):
     extra = {}
     if switching:
         stiff, switched_at = AutoSwitch.mode(sol.solver_state)
-        extra = {"stiff": stiff, "switched_at": switched_at}
+        extra = {"stiff": stiff, "switched_at": switched_at,
+                 "switches": AutoSwitch.switches(sol.solver_state)}
     return {
         **extra,
         "saved": saved,
@@ -227,16 +228,21 @@ def solve(
     - `solver`: `"auto"`, a name (`"tsit5"`, `"dopri5"`, `"dopri8"`, `"bosh3"`,
         `"heun"`, `"ralston"`, `"midpoint"`, `"euler"`, `"kvaerno3"`, `"kvaerno4"`,
         `"kvaerno5"`, `"implicit_euler"`, `"rodas5p"`) or any diffrax solver.
-        `"auto"`: on the log clock (up to 2000 parameters) Tsit5 switching mid-solve
+        `"auto"` (smooth flows up to 5000 parameters): Tsit5 switching mid-solve
         to Rodas5P (a Rosenbrock method: one Jacobian and one LU factorisation per
         step, no Newton iterations) once its stiffness estimate says the rest of the
-        horizon needs more than 300·max(1, p/50)^1.5 explicit steps
-        (`info["solver"]`, `info["switched_at"]` report it); on the linear clock the
-        same switch when a JVP power-iteration estimate of the Jacobian's spectral
-        radius at θ0 says so of the whole span (`info["stiffness"]`); otherwise
-        Tsit5, or Bosh3 for piecewise-smooth flows (ReLU networks,
-        `model.smooth == False`). Named implicit Runge–Kutta solvers (`"kvaerno*"`)
-        use Newton with the controller's tolerances.
+        horizon needs more than 300·max(1, p/50)^1.5 explicit steps. On the log
+        clock the switch is final. On the linear clock it is made only while Tsit5
+        is stability-limited, and undone when Rodas5P's steps stay short (a saddle
+        escape after a plateau), with a growing wait before the next switch: a
+        flow that converges is stiff from there on, whatever it was at θ0.
+        `info["solver"]` (`"tsit5→rodas5p"` if it ends implicit),
+        `info["switched_at"]` (log t of the last switch) and `info["switches"]`
+        report it; `info["stiffness"]` is a JVP power-iteration estimate of the
+        Jacobian's spectral radius at θ0 × the span. Piecewise-smooth flows (ReLU
+        networks, `model.smooth == False`) get Bosh3, or the switch on the log
+        clock up to 2000 parameters. Named implicit Runge–Kutta solvers
+        (`"kvaerno*"`) use Newton with the controller's tolerances.
     - `rtol`, `atol`: tolerances of the adaptive step-size controller.
     - `error_norm`: what each parameter's local error is relative to:
         `"componentwise"` (diffrax's rule: `atol + rtol·|θᵢ|`, its own size),
@@ -480,6 +486,7 @@ def finish(setup: Setup, out: dict, compile_time: float, wall_time: float) -> Tr
             else float(_clock_to_log_t(switched_at, clock)[1])
         )
         info["solver"] = "tsit5→rodas5p" if bool(out["stiff"]) else "tsit5"
+        info["switches"] = int(out.get("switches", 0))
     if result is RESULTS.event_occurred:
         info["stopped_by"] = out.get("stopped_by", "loss")
 

@@ -32,9 +32,14 @@ _IMPLICIT = {
 _ROSENBROCK = {"rodas5p": Rodas5P}
 SOLVER_NAMES = tuple(sorted(_EXPLICIT) + sorted(_IMPLICIT) + sorted(_ROSENBROCK) + ["auto"])
 
-#: Above this many parameters, "auto" stays explicit on the log clock: implicit
-#: solvers form and factorise the dense p×p Jacobian of the vector field.
-AUTO_IMPLICIT_MAX_PARAMS = 2000
+#: Above this many parameters, "auto" stays explicit: an implicit step forms and
+#: factorises the dense p×p Jacobian of the vector field. A Rodas5P step at
+#: p = 2 700 (depth-3 factorisation of a 30 × 30 matrix) took 0.36 s on 2 CPU cores
+#: (Jacobian 0.14 s, LU 0.22 s); at 5 000, about 1.5 s and 0.4 GB.
+AUTO_IMPLICIT_MAX_PARAMS = 5000
+#: The same for piecewise-smooth flows (ReLU networks), whose explicit solver of
+#: choice (Bosh3) the switch cannot use: they keep the earlier limit.
+AUTO_IMPLICIT_MAX_PARAMS_KINKED = 2000
 
 
 def _newton():
@@ -58,6 +63,10 @@ def _newton():
 #: (5000, the figure for Kvaerno5 + Newton, left log t = 30 at Tsit5's 1.7× cost).
 AUTO_STIFF_STEPS = 300
 
+#: A Rodas5P step's cost in Tsit5 steps at p = 50 (200 × 50 logistic, log clock);
+#: it grows like `stiff_threshold` with p.
+RODAS_COST = 4.0
+
 
 def stiff_threshold(num_params: int) -> float:
     """Explicit steps beyond which going implicit pays, for `num_params` parameters.
@@ -73,29 +82,30 @@ def stiff_threshold(num_params: int) -> float:
 def spectral_radius(term, s0, y0, iterations: int = 12):
     """Power iteration with JVPs: |largest eigenvalue| of the vector field's Jacobian
     at `(s0, y0)`. Cheap (`iterations` JVPs); used to size explicit steps."""
-    import jax
-    import jax.numpy as jnp
+    return float(_power_iteration(term, jnp.asarray(s0, jnp.result_type(float)), y0, iterations))
+
+
+# Module level, so that it compiles once per flow structure: defined inside
+# `spectral_radius` it was a new function, traced and compiled (0.2 s on a
+# depth-3 factorisation) on every call.
+@eqx.filter_jit
+def _power_iteration(term, s0, y0, iterations):
     from jax.flatten_util import ravel_pytree
 
     flat, unravel = ravel_pytree(y0)
+    f = lambda v: ravel_pytree(term.vf(s0.astype(flat.dtype), unravel(v), None))[0]
+    _, jvp = jax.linearize(f, flat)
+    v = jnp.cos(jnp.arange(flat.size, dtype=flat.dtype) + 1.0)  # deterministic start
+    v = v / jnp.linalg.norm(v)
 
-    @eqx.filter_jit
-    def run(term, s0, flat):
-        f = lambda v: ravel_pytree(term.vf(s0, unravel(v), None))[0]
-        _, jvp = jax.linearize(f, flat)
-        v = jnp.cos(jnp.arange(flat.size, dtype=flat.dtype) + 1.0)  # deterministic start
-        v = v / jnp.linalg.norm(v)
+    def body(_, carry):
+        v, _ = carry
+        w = jvp(v)
+        norm = jnp.linalg.norm(w)
+        return jnp.where(norm > 0, w / jnp.where(norm > 0, norm, 1.0), v), norm
 
-        def body(_, carry):
-            v, _ = carry
-            w = jvp(v)
-            norm = jnp.linalg.norm(w)
-            return jnp.where(norm > 0, w / jnp.where(norm > 0, norm, 1.0), v), norm
-
-        _, rho = jax.lax.fori_loop(0, iterations, body, (v, jnp.asarray(0.0, flat.dtype)))
-        return rho
-
-    return float(run(term, jnp.asarray(s0, flat.dtype), flat))
+    _, rho = jax.lax.fori_loop(0, iterations, body, (v, jnp.asarray(0.0, flat.dtype)))
+    return rho
 
 
 def _last_stage_difference(tableau) -> np.ndarray:
@@ -170,6 +180,12 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver):
     flows) does not go away. Switching pays only when the remaining horizon is long,
     because an implicit step costs several explicit ones (a Jacobian and an LU
     factorisation); the threshold encodes that.
+
+    With `axis_name` (set by `fs.ensemble` on the axis it vmaps members over) the
+    members switch together, when the first of them does. Under `vmap` a `lax.cond`
+    whose predicate differs between members runs both branches for every member:
+    a Jacobian and an LU factorisation on each explicit step. A predicate reduced
+    over the member axis is one value, so only the branch taken runs.
     """
 
     explicit: diffrax.AbstractSolver
@@ -179,6 +195,8 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver):
     threshold: float = eqx.field(static=True, default=float(AUTO_STIFF_STEPS))
     patience: int = eqx.field(static=True, default=5)
     only_when_limited: bool = eqx.field(static=True, default=False)
+    cost: float = eqx.field(static=True, default=float(RODAS_COST))
+    axis_name: Any = eqx.field(static=True, default=None)
 
     term_structure = diffrax.AbstractTerm
     interpolation_cls = _SwitchInterpolation
@@ -190,30 +208,50 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver):
         # The state is the explicit solver's: the implicit one (Rodas5P) keeps none.
         inner = self.explicit.init(terms, t0, t1, y0, args)
         dtype = jnp.result_type(t0, t1, float)
-        # The switch's own state packed in one small array (stiff flag, consecutive
-        # "stiff" steps, switch time): one loop-carried buffer, one fused update.
-        return inner, jnp.stack([jnp.asarray(self.stiff0, dtype), jnp.zeros((), dtype),
-                                 jnp.full((), jnp.nan, dtype)])
+        # The switch's own state packed in one small array: one loop-carried buffer,
+        # one fused update. [stiff flag, consecutive steps for a switch, time of the
+        # last switch to the implicit method, explicit steps still to hold after a
+        # switch back, the next such hold, ρ at the last explicit step, the last
+        # step size, switches to the implicit method so far].
+        m = [self.stiff0, 0.0, jnp.nan, 0.0, self.patience * self.cost, 0.0, 0.0, 0.0]
+        return inner, jnp.stack([jnp.asarray(x, dtype) for x in m])
 
     @staticmethod
     def mode(solver_state):
-        """`(stiff, switched_at)` from a solver state of this solver."""
+        """`(stiff, switched_at)` from a solver state of this solver: whether the
+        implicit method is on, and since when (NaN if it is not)."""
         _, m = solver_state
         return m[0] > 0, m[2]
+
+    @staticmethod
+    def switches(solver_state):
+        """How many times a solve with this solver state went implicit."""
+        _, m = solver_state
+        return m[7]
 
     def func(self, terms, t0, y0, args):
         return self.explicit.func(terms, t0, y0, args)
 
+    def _all(self, x):
+        # Under `axis_name`: true when true for every member.
+        return x if self.axis_name is None else ~jax.lax.pmax(~x, self.axis_name)
+
+    def _any(self, x):
+        return x if self.axis_name is None else jax.lax.pmax(x, self.axis_name)
+
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
         inner, m = solver_state
-        stiff = m[0] > 0
+        own = m[0] > 0
+        # The branch this step takes: shared by all members under `axis_name`.
+        stiff = self._any(own)
 
         def run(solver):
             return lambda: solver.step(terms, t0, t1, y0, args, inner, made_jump)
 
         def implicit():
-            # Rodas5P keeps no state between steps; Tsit5's (never read again: the
-            # switch is one way) rides along unchanged.
+            # Rodas5P keeps no state between steps; Tsit5's rides along unchanged
+            # (and is restarted on a switch back: its first-same-as-last stage is
+            # stale by then).
             y1, y_error, dense, _, result = self.implicit.step(
                 terms, t0, t1, y0, args, None, made_jump
             )
@@ -227,11 +265,11 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver):
             return y1, y_error, dict(dense, k=k), inner, result
 
         y1, y_error, dense, inner1, result = jax.lax.cond(stiff, implicit, run(self.explicit))
-        # Switch when ρ·(horizon − t1)/3.3 > threshold, i.e. (ρh)² (horizon − t1)²
-        # > (3.3·threshold·h)², with (ρh)² = dk2/dy2 — no divisions to guard. (Only
-        # read on explicit steps: once stiff, the switch is final.)
-        dk2, dy2 = _last_stage_norms(dense["k"], _D_EXPLICIT)
         h = t1 - t0
+        # Explicit steps: switch when ρ·(horizon − t1)/3.3 > threshold, i.e. (ρh)²
+        # (horizon − t1)² > (3.3·threshold·h)², with (ρh)² = dk2/dy2 — no divisions
+        # to guard.
+        dk2, dy2 = _last_stage_norms(dense["k"], _D_EXPLICIT)
         # With `only_when_limited` (linear clock), counted only while the explicit
         # step is stability-limited (ρh near Tsit5's bound 3.3): a transient
         # stiffness the step size never meets (natural-gradient flow from a
@@ -239,12 +277,49 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver):
         # grows steadily and is best met early: there the projection alone decides.
         limited = (dk2 > (0.7 * 3.3) ** 2 * dy2) | (not self.only_when_limited)
         far = dk2 * (self.horizon - t1) ** 2 > dy2 * (3.3 * self.threshold * h) ** 2
-        hot = ~stiff & limited & far
-        count = jnp.where(hot, m[1] + 1, 0)
-        switch = count >= self.patience
-        m1 = jnp.stack([jnp.where(switch, 1, m[0]), count, jnp.where(switch & ~stiff, t1, m[2])])
+        hot = ~stiff & limited & far & (m[3] <= 0)
+        rho = jnp.where(stiff, m[5], jnp.sqrt(dk2 / jnp.where(dy2 > 0, dy2, jnp.inf)) / h)
+        if self.only_when_limited:
+            # Implicit steps (linear clock only): switch back when they stay short of
+            # `cost / 2` explicit steps once they have stopped growing (< 2× the
+            # step before; the controller grows a step at most 10× at a time), i.e.
+            # the implicit method is held to small steps by accuracy, not by
+            # stability (a transient: the saddle escape of a matrix factorisation).
+            # The next switch to implicit then waits out a hold of explicit steps
+            # that doubles each time, so switching back and forth costs a bounded
+            # share of the solve.
+            # (Not before ρ has been measured: a solve resumed in implicit mode.)
+            short = stiff & (h * m[5] < 3.3 * self.cost / 2) & (h < 2 * m[6]) & (m[5] > 0)
+            count = jnp.where(hot | short, m[1] + 1, 0)
+            back = self._all(stiff & (count >= self.patience))
+        else:
+            # The log clock's stiffness does not go away: one way.
+            count = jnp.where(hot, m[1] + 1, 0)
+            back = jnp.zeros((), bool)
+        switch = self._any(~stiff & (count >= self.patience))
+        now = (stiff & ~back) | switch
+        m1 = jnp.stack([
+            now,
+            jnp.where(switch | back, 0, count),
+            jnp.where(switch & ~own, t1, jnp.where(back, jnp.nan, m[2])),
+            jnp.where(back, m[4], jnp.maximum(m[3] - 1, 0)),
+            jnp.where(back, 2 * m[4], m[4]),
+            rho,
+            h,
+            m[7] + switch,
+        ])
+        if self.only_when_limited:
+            inner1 = _restart_fsal(inner1, back)
         dense = dict(dense, stiff=stiff)
         return y1, y_error, dense, (inner1, m1.astype(m.dtype)), result
+
+
+def _restart_fsal(state, restart):
+    """Tsit5's solver state `(first_step, f0)` with `first_step` set where `restart`:
+    its next step then evaluates `f(t0, y0)` afresh instead of reusing the last
+    stage of its own previous step."""
+    first_step, f0 = state
+    return first_step | restart, f0
 
 
 _D_EXPLICIT = _last_stage_difference(diffrax.Tsit5.tableau)
@@ -259,6 +334,7 @@ def auto_switch(horizon, *, num_params: int, only_when_limited: bool = False) ->
         stiff0=jnp.asarray(False),
         threshold=stiff_threshold(num_params),
         only_when_limited=only_when_limited,
+        cost=RODAS_COST * stiff_threshold(num_params) / AUTO_STIFF_STEPS,
     )
 
 
@@ -268,15 +344,16 @@ def resolve_solver(
 ) -> tuple[diffrax.AbstractSolver, str]:
     """Return `(diffrax solver, name)` for `solver` = a name or a diffrax solver.
 
-    `"auto"`: on the log clock, for up to `AUTO_IMPLICIT_MAX_PARAMS` parameters,
-    Tsit5 switching to Rodas5P once stiff (classification flows are stiff there:
-    support-vector margins equilibrate fast while the direction drifts slowly);
-    on the linear clock the same switch when `stiffness` (spectral radius of the
-    vector field's Jacobian at θ0 × the span) says an explicit solver would need
-    more than `stiff_threshold(num_params)` steps for stability (300 up to 50
-    parameters, growing like p^1.5: implicit steps cost more with p), Rodas5P
-    when no horizon is known; otherwise Tsit5, or Bosh3 for piecewise-smooth
-    flows (`smooth=False`: ReLU networks)."""
+    `"auto"`, for up to `AUTO_IMPLICIT_MAX_PARAMS` parameters and a smooth flow:
+    Tsit5 switching to Rodas5P once stiff. On the log clock the switch is one way
+    (classification flows are stiff there: support-vector margins equilibrate fast
+    while the direction drifts slowly). On the linear clock it is made only while
+    Tsit5 is stability-limited and switches back when Rodas5P's steps stay short
+    (a flow that converges to a minimum is stiff from there on, however it
+    started; a saddle escape on the way is not). Rodas5P when `stiffness`
+    (spectral radius of the vector field's Jacobian at θ0 × the span) says so and
+    no horizon is known. Otherwise Tsit5, or Bosh3 for piecewise-smooth flows
+    (`smooth=False`: ReLU networks)."""
     if isinstance(solver, diffrax.AbstractSolver):
         return solver, type(solver).__name__
     if not isinstance(solver, str):
@@ -286,15 +363,16 @@ def resolve_solver(
         )
     name = solver.lower()
     if name == "auto":
-        small = num_params <= AUTO_IMPLICIT_MAX_PARAMS
+        small = num_params <= (AUTO_IMPLICIT_MAX_PARAMS if smooth else AUTO_IMPLICIT_MAX_PARAMS_KINKED)
         if small and clock == "log" and horizon is not None:
             return auto_switch(horizon, num_params=num_params), "auto"
         stiff = stiffness is not None and stiffness / 3.3 > stiff_threshold(num_params)
-        if small and stiff and horizon is not None:
-            # Stiff at θ0 by the power-iteration estimate: start explicit anyway and
-            # let the in-flight test decide, since the estimate at θ0 cannot tell a
-            # transient (NGF from a near-singular Fisher: Tsit5 takes 122 steps
-            # where the estimate predicted 8e4) from lasting stiffness.
+        if small and (smooth or stiff) and horizon is not None:
+            # Start explicit whatever the estimate at θ0 and let the in-flight test
+            # decide: the estimate cannot tell a transient (NGF from a near-singular
+            # Fisher: Tsit5 takes 122 steps where it predicted 8e4) from lasting
+            # stiffness, nor see stiffness to come (a matrix factorisation that has
+            # converged at t = 1e5 leaves Tsit5 ~ρt/3.3 steps: 6.7e6 to t = 1e8).
             return auto_switch(horizon, num_params=num_params, only_when_limited=True), "auto"
         if small and (clock == "log" or stiff):
             name = "rodas5p"

@@ -89,6 +89,13 @@ class Trajectory:
         params = None
         if self.params is not None:
             params = jtu.tree_map(lambda x: np.asarray(x)[i][reached] if eqx.is_array(x) else x, self.params)
+        info = {**self.info, "member": i}
+        if isinstance(info.get("switched_at"), np.ndarray):  # auto's switch, per member
+            switched_at = float(info["switched_at"][i])
+            info["switched_at"] = None if np.isnan(switched_at) else switched_at
+            info["solver"] = "tsit5" if info["switched_at"] is None else "tsit5→rodas5p"
+        if isinstance(info.get("switches"), np.ndarray):
+            info["switches"] = int(info["switches"][i])
         return Trajectory(
             ts=self.ts[reached],
             log_ts=self.log_ts[reached],
@@ -98,7 +105,7 @@ class Trajectory:
             log_t_final=log_t_final,
             result=self.results[i],
             stats=stats,
-            info={**self.info, "member": i},
+            info=info,
         )
 
     @property

@@ -9,6 +9,7 @@ import textwrap
 
 import equinox as eqx
 import jax
+import jax.extend.core
 import jax.random as jr
 import numpy as np
 import pytest
@@ -78,6 +79,53 @@ def test_kinked_members_one_after_another_are_single_solves():
         np.testing.assert_array_equal(ens[i].metrics["loss"], single.metrics["loss"])
         np.testing.assert_array_equal(ens[i].final.hidden, single.final.hidden)
         assert ens[i].stats["num_steps"] == single.stats["num_steps"]
+
+
+def _primitives_outside_cond(jaxpr, inside=False, found=None):
+    """Names of the primitives of `jaxpr` (recursively) that run outside any
+    `lax.cond` branch."""
+    found = set() if found is None else found
+    for eqn in jaxpr.eqns:
+        in_branch = inside or eqn.primitive.name == "cond"
+        if not inside:
+            found.add(eqn.primitive.name)
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            _primitives_outside_cond(sub, in_branch, found)
+    return found
+
+
+def test_log_clock_auto_members_switch_together():
+    """Log-clock classification flows with `solver="auto"` (Tsit5, then Rodas5P once
+    stiff), vmapped: the members switch in the same step, so the switch stays a
+    `lax.cond` (a predicate that differed between members would make `vmap` run
+    both branches — a Jacobian and an LU factorisation on every explicit step);
+    and each member still solves its own flow, checked against a tight
+    per-parameter Rodas5P solve."""
+    from flowsolve._ensemble import _ensemble_program
+    from flowsolve._solve import prepare
+
+    X, y = fs.datasets.separable_gaussian(n=40, d=5, seed=0)
+    models = [fs.models.Linear(5, weight=0.3 * np.asarray(jr.normal(jr.key(i), (5,)))) for i in range(3)]
+    flow = fs.GradientFlow(fs.Problem(models[0], fs.losses.Logistic(), X, y))
+    kw = dict(log_t1=300.0, clock="log", rtol=1e-8, atol=1e-10, metrics=("loss",), saveat=fs.SaveAt(num=5))
+    ens = fs.ensemble.solve(flow, models, batch_size=None, **kw)
+    assert ens.success and ens.info["solver"] == "tsit5→rodas5p"
+    # Measured: every member switches near log t ≈ 4.7–4.9 (on its own, at 4.85–4.96).
+    assert np.all(np.isfinite(ens.info["switched_at"]))
+    for i, m in enumerate(models):
+        assert ens[i].info["solver"] == "tsit5→rodas5p" and ens[i].info["switched_at"] == ens.info["switched_at"][i]
+        ref = fs.solve(flow, m, **{**kw, "rtol": 1e-12, "atol": 1e-14}, solver="rodas5p", error_norm="componentwise")
+        # Measured 2e-12 to 8e-12 relative (a single auto solve: 5e-12 to 8e-12);
+        # the bound leaves 100× for other BLAS and CPUs.
+        w, w_ref = ens[i].final.weight, ref.final.weight
+        assert np.linalg.norm(w - w_ref) <= 1e-9 * np.linalg.norm(w_ref)
+
+    setup = prepare(flow, models[0], None, **kw, t0=0.0, solver="auto", dt0=None, progress=False,
+                    max_steps=10_000, error_norm="auto")
+    y0s = fs.ensemble.stack([eqx.filter(m, eqx.is_inexact_array) for m in models])
+    jaxpr = eqx.filter_make_jaxpr(_ensemble_program)((setup.args, y0s, flow, False, None, "log"))[0].jaxpr
+    # Rodas5P's LU factorisation runs only inside the switch's `cond`.
+    assert "lu" not in _primitives_outside_cond(jaxpr)
 
 
 def test_flows_varying_in_damping(two_layer_setup):

@@ -180,6 +180,32 @@ def test_auto_on_the_log_clock_switches_only_when_the_rest_is_stiff(logistic):
     assert c.metrics["margin"][-1] == pytest.approx(d.metrics["margin"][-1], rel=1e-7)
 
 
+def test_auto_on_the_linear_clock_goes_implicit_after_convergence_and_back_for_an_escape():
+    """Deep matrix factorisation from a small initialisation learns a rank-2 matrix
+    in two steps separated by a plateau (Arora et al. 2019's incremental learning):
+    the first learned direction makes Tsit5 stability-limited from the plateau on
+    (ρ ≈ 0.33), the second escape is a transient an implicit method can only
+    follow in short steps. Every entry is observed, so the flow's limit is the
+    matrix itself: a closed-form target."""
+    data = fs.datasets.low_rank_completion((10, 10), 2, seed=0)
+    assert data.X.shape[0] == 100  # every entry observed
+    model = fs.models.MatrixFactorization((10, 10), depth=3, key=jr.key(0), init_scale=1e-4)
+    flow = fs.GradientFlow(fs.Problem(model, fs.losses.Squared(), data.X, data.y))
+    sol = fs.solve(flow, model, t1=1e7, rtol=1e-8, atol=1e-10, metrics=("loss",))
+    assert sol.success and sol.info["solver"] == "tsit5→rodas5p"
+    # Measured: implicit from t ≈ 6.9e4 (plateau), back to Tsit5 at t ≈ 2.26e5 (the
+    # escape), implicit again from t ≈ 2.30e5 to the end: 2 switches, 683 + 181
+    # steps. Tsit5 alone would need ~ρ·t/3.3 = 1e6 steps (it stops at max_steps
+    # near t = 2.7e6 with 2e5).
+    assert sol.info["switches"] == 2
+    assert 1e5 < np.exp(sol.info["switched_at"]) < 1e6
+    assert sol.stats["num_steps"] < 2000
+    W = np.asarray(sol.final.end_to_end())
+    # Converged (loss 2e-23): the end-to-end matrix is the observed one to ~1e-11
+    # relative; 1e-8 is the bound rtol allows.
+    assert np.linalg.norm(W - data.truth) <= 1e-8 * np.linalg.norm(data.truth)
+
+
 def test_auto_on_a_relu_network_is_low_order_and_accurate():
     # A ReLU flow jumps at every kink crossing and from this initialisation units
     # slide along kinks (Filippov): a tight-tolerance adaptive reference stalls.
