@@ -134,7 +134,11 @@ def last_stage_rho_h(k, d):
     """`ρ·h ≈ ‖k_s − k_{s−1}‖ / ‖y_s − y_{s−1}‖` from a step's stage increments `k`
     and the coefficients `d` of `_last_stage_difference`: exact for a linear field
     along the stiff direction (the test of Hairer & Wanner's DOPRI5)."""
-    dk2, dy2 = _last_stage_norms(k, d)
+    return _rho_h(*_last_stage_norms(k, d))
+
+
+def _rho_h(dk2, dy2):
+    # ρ·h from the squared norms of `_last_stage_norms` (0 where ‖y_s − y_{s−1}‖ is).
     return jnp.sqrt(dk2 / jnp.where(dy2 > 0, dy2, jnp.inf))
 
 
@@ -234,7 +238,7 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver):
 
     def _all(self, x):
         # Under `axis_name`: true when true for every member.
-        return x if self.axis_name is None else ~jax.lax.pmax(~x, self.axis_name)
+        return x if self.axis_name is None else jax.lax.pmin(x, self.axis_name)
 
     def _any(self, x):
         return x if self.axis_name is None else jax.lax.pmax(x, self.axis_name)
@@ -278,7 +282,7 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver):
         limited = (dk2 > (0.7 * 3.3) ** 2 * dy2) | (not self.only_when_limited)
         far = dk2 * (self.horizon - t1) ** 2 > dy2 * (3.3 * self.threshold * h) ** 2
         hot = ~stiff & limited & far & (m[3] <= 0)
-        rho = jnp.where(stiff, m[5], jnp.sqrt(dk2 / jnp.where(dy2 > 0, dy2, jnp.inf)) / h)
+        rho = jnp.where(stiff, m[5], _rho_h(dk2, dy2) / h)
         if self.only_when_limited:
             # Implicit steps (linear clock only): switch back when they stay short of
             # `cost / 2` explicit steps once they have stopped growing (< 2× the
