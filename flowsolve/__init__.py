@@ -29,7 +29,7 @@ from ._flow import (
 )
 from ._problem import Problem as Problem
 from ._results import RESULTS as RESULTS
-from ._rosenbrock import Rodas5P as Rodas5P
+from ._rosenbrock import Rodas5P as Rodas5P, Ros34PW2 as Ros34PW2
 from ._saveat import SaveAt as SaveAt
 from ._solve import solve as solve
 from ._stop import Stop as Stop

@@ -348,13 +348,13 @@ def _finish_ensemble(setup, out, m, compile_time, wall_time, member_flows, batch
         params = eqx.combine(jtu.tree_map(mask, params_hist), static)
     info = {**setup.info, "kind": "ensemble-flow", "batch_size": batch_size}
     if "stiff" in out:
-        # Per member: log t of the last Tsit5 → Rodas5P switch, NaN where it never
+        # Per member: log t of the last switch to the implicit method, NaN where it never
         # came or was undone; and how many switches there were.
         # Vmapped members switch together (see `AutoSwitch`), one by one each alone.
         stiff = np.asarray(out["stiff"], bool)
         with np.errstate(invalid="ignore"):
             info["switched_at"] = np.where(stiff, _clock_to_log_t(out["switched_at"], clock)[1], np.nan)
-        info["solver"] = "tsit5→rodas5p" if stiff.any() else "tsit5"
+        info["solver"] = setup.solver.label if stiff.any() else "tsit5"
         info["switches"] = np.asarray(out["switches"]).astype(np.int64)
     return Trajectory(
         ts=ts,

@@ -10,7 +10,7 @@ import jax.tree_util as jtu
 import numpy as np
 import optimistix as optx
 
-from ._rosenbrock import Rodas5P
+from ._rosenbrock import Rodas5P, Ros34PW2
 
 
 _EXPLICIT = {
@@ -29,7 +29,11 @@ _IMPLICIT = {
     "kvaerno5": diffrax.Kvaerno5,
     "implicit_euler": diffrax.ImplicitEuler,
 }
-_ROSENBROCK = {"rodas5p": Rodas5P}
+_ROSENBROCK = {
+    "rodas5p": Rodas5P,
+    "ros34pw2": Ros34PW2,
+    "ros34pw2-gn": lambda: Ros34PW2(jacobian="gauss-newton"),
+}
 SOLVER_NAMES = tuple(sorted(_EXPLICIT) + sorted(_IMPLICIT) + sorted(_ROSENBROCK) + ["auto"])
 
 #: Above this many parameters, "auto" stays explicit: an implicit step forms and
@@ -37,6 +41,9 @@ SOLVER_NAMES = tuple(sorted(_EXPLICIT) + sorted(_IMPLICIT) + sorted(_ROSENBROCK)
 #: p = 2 700 (depth-3 factorisation of a 30 × 30 matrix) took 0.36 s on 2 CPU cores
 #: (Jacobian 0.14 s, LU 0.22 s); at 5 000, about 1.5 s and 0.4 GB.
 AUTO_IMPLICIT_MAX_PARAMS = 5000
+#: The Gauss–Newton W-method (squared-loss gradient flows with fewer training
+#: points than parameters) factorises an n×n system instead: its limit is on n.
+AUTO_GAUSS_NEWTON_MAX_N = 5000
 #: The same for piecewise-smooth flows (ReLU networks), whose explicit solver of
 #: choice (Bosh3) the switch cannot use: they keep the earlier limit.
 AUTO_IMPLICIT_MAX_PARAMS_KINKED = 2000
@@ -66,6 +73,18 @@ AUTO_STIFF_STEPS = 300
 #: A Rodas5P step's cost in Tsit5 steps at p = 50 (200 × 50 logistic, log clock);
 #: it grows like `stiff_threshold` with p.
 RODAS_COST = 4.0
+
+
+#: A Gauss–Newton ROS34PW2 step's cost in Tsit5 steps per 100 training points
+#: (measured: 27 at n = 464, depth-3 factorisation of a 30 × 30 matrix, p = 2 700;
+#: its Gram matrix and n×n Cholesky factorisation grow faster than linearly in n,
+#: its stages like the forward pass).
+GAUSS_NEWTON_COST = 6.0
+
+
+def gauss_newton_cost(n: int) -> float:
+    """A Gauss–Newton W-method step's cost in Tsit5 steps, for `n` training points."""
+    return max(RODAS_COST, GAUSS_NEWTON_COST * n / 100.0)
 
 
 def stiff_threshold(num_params: int) -> float:
@@ -169,9 +188,10 @@ class _SwitchInterpolation(diffrax.AbstractLocalInterpolation):
 
 
 class AutoSwitch(diffrax.AbstractAdaptiveSolver):
-    """Tsit5 while the flow is not stiff, Rodas5P once it is: the explicit →
-    implicit switch of stiffness-detecting composite integrators (Hairer & Wanner's
-    DOPRI5 test; DifferentialEquations.jl's `AutoTsit5(Rodas5P())`).
+    """Tsit5 while the flow is not stiff, Rodas5P (or the Gauss–Newton ROS34PW2,
+    see `auto_switch`) once it is: the explicit → implicit switch of
+    stiffness-detecting composite integrators (Hairer & Wanner's DOPRI5 test;
+    DifferentialEquations.jl's `AutoTsit5(Rodas5P())`).
 
     Tsit5 ends with two stages at `c = 1`, so each explicit step gives a free
     estimate of `ρ·h` (ρ the spectral radius of the vector field's Jacobian along
@@ -226,6 +246,14 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver):
         implicit method is on, and since when (NaN if it is not)."""
         _, m = solver_state
         return m[0] > 0, m[2]
+
+    @property
+    def label(self) -> str:
+        """`info["solver"]` of a solve that ends implicit: `"tsit5→rodas5p"` or,
+        with the Gauss–Newton W-method, `"tsit5→ros34pw2-gn"`."""
+        if isinstance(self.implicit, Ros34PW2):
+            return "tsit5→ros34pw2" + ("-gn" if self.implicit.jacobian == "gauss-newton" else "")
+        return "tsit5→rodas5p"
 
     @staticmethod
     def switches(solver_state):
@@ -329,22 +357,46 @@ def _restart_fsal(state, restart):
 _D_EXPLICIT = _last_stage_difference(diffrax.Tsit5.tableau)
 
 
-def auto_switch(horizon, *, num_params: int, only_when_limited: bool = False) -> AutoSwitch:
-    """`"auto"`'s switching solver: Tsit5, then Rodas5P once stiff."""
+def gauss_newton_size(flow, num_params: int) -> int | None:
+    """`n` where `"auto"`'s implicit side is the Gauss–Newton ROS34PW2: gradient
+    flows of the squared loss with fewer training points than parameters. There the
+    Gauss–Newton matrix is the Hessian at an interpolating minimum (the residuals
+    vanish), which is where such a flow turns stiff, and its n×n Gram system is
+    the smaller one. (Classification losses keep Rodas5P: at large margins the
+    residual part of their Hessian is as large as the Gauss–Newton part.)"""
+    from ._flow import GradientFlow
+    from ._losses import Squared
+
+    if isinstance(flow, GradientFlow) and isinstance(flow.problem.loss, Squared):
+        n = flow.problem.n
+        return n if n < num_params else None
+    return None
+
+
+def auto_switch(
+    horizon, *, num_params: int, only_when_limited: bool = False, gauss_newton_n: int | None = None,
+) -> AutoSwitch:
+    """`"auto"`'s switching solver: Tsit5, then Rodas5P once stiff; or, with
+    `gauss_newton_n` (a squared-loss gradient flow on n < p points), the
+    Gauss–Newton ROS34PW2, whose step costs an n×n system instead of p×p."""
+    if gauss_newton_n is None:
+        implicit, cost = Rodas5P(), RODAS_COST * stiff_threshold(num_params) / AUTO_STIFF_STEPS
+    else:
+        implicit, cost = Ros34PW2(jacobian="gauss-newton"), gauss_newton_cost(gauss_newton_n)
     return AutoSwitch(
         diffrax.Tsit5(),
-        Rodas5P(),
+        implicit,
         horizon=jnp.asarray(horizon, jnp.result_type(float)),
         stiff0=jnp.asarray(False),
-        threshold=stiff_threshold(num_params),
+        threshold=AUTO_STIFF_STEPS * cost / RODAS_COST,
         only_when_limited=only_when_limited,
-        cost=RODAS_COST * stiff_threshold(num_params) / AUTO_STIFF_STEPS,
+        cost=cost,
     )
 
 
 def resolve_solver(
     solver, *, clock: str, num_params: int, stiffness: float | None = None,
-    horizon: float | None = None, smooth: bool = True,
+    horizon: float | None = None, smooth: bool = True, gauss_newton_n: int | None = None,
 ) -> tuple[diffrax.AbstractSolver, str]:
     """Return `(diffrax solver, name)` for `solver` = a name or a diffrax solver.
 
@@ -368,6 +420,11 @@ def resolve_solver(
     name = solver.lower()
     if name == "auto":
         small = num_params <= (AUTO_IMPLICIT_MAX_PARAMS if smooth else AUTO_IMPLICIT_MAX_PARAMS_KINKED)
+        if clock == "linear" and smooth and gauss_newton_n is not None:
+            # The Gauss–Newton W-method never forms a p×p matrix: its size is n.
+            small = gauss_newton_n <= AUTO_GAUSS_NEWTON_MAX_N
+        else:
+            gauss_newton_n = None
         if small and clock == "log" and horizon is not None:
             return auto_switch(horizon, num_params=num_params), "auto"
         stiff = stiffness is not None and stiffness / 3.3 > stiff_threshold(num_params)
@@ -377,7 +434,9 @@ def resolve_solver(
             # Fisher: Tsit5 takes 122 steps where it predicted 8e4) from lasting
             # stiffness, nor see stiffness to come (a matrix factorisation that has
             # converged at t = 1e5 leaves Tsit5 ~ρt/3.3 steps: 6.7e6 to t = 1e8).
-            return auto_switch(horizon, num_params=num_params, only_when_limited=True), "auto"
+            return auto_switch(
+                horizon, num_params=num_params, only_when_limited=True, gauss_newton_n=gauss_newton_n,
+            ), "auto"
         if small and (clock == "log" or stiff):
             name = "rodas5p"
         else:

@@ -93,7 +93,8 @@ class Trajectory:
         if isinstance(info.get("switched_at"), np.ndarray):  # auto's switch, per member
             switched_at = float(info["switched_at"][i])
             info["switched_at"] = None if np.isnan(switched_at) else switched_at
-            info["solver"] = "tsit5" if info["switched_at"] is None else "tsit5→rodas5p"
+            # A member that switched ends with the ensemble's implicit method.
+            info["solver"] = "tsit5" if info["switched_at"] is None else self.info["solver"]
         if isinstance(info.get("switches"), np.ndarray):
             info["switches"] = int(info["switches"][i])
         return Trajectory(

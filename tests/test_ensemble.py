@@ -128,6 +128,35 @@ def test_log_clock_auto_members_switch_together():
     assert "lu" not in _primitives_outside_cond(jaxpr)
 
 
+def test_linear_clock_completion_members_switch_to_the_gauss_newton_w_method():
+    """Squared-loss flows with n < p on the linear clock: `auto`'s implicit side is
+    the Gauss–Newton ROS34PW2, also vmapped (JVP/VJP of the predictions, a batched
+    Cholesky factorisation of the n×n Gram system inside the switch's `cond`).
+    Every entry is observed, so each member's limit is the matrix itself."""
+    from flowsolve._ensemble import _ensemble_program
+    from flowsolve._solve import prepare
+
+    data = fs.datasets.low_rank_completion((8, 8), 1, n_observed=64, seed=0)
+    models = [fs.models.MatrixFactorization((8, 8), depth=3, key=jr.key(i), init_scale=1e-4) for i in range(3)]
+    flow = fs.GradientFlow(fs.Problem(models[0], fs.losses.Squared(), data.X, data.y))
+    kw = dict(t1=1e6, clock="linear", rtol=1e-8, atol=1e-10, metrics=("loss",), saveat=fs.SaveAt(num=5))
+    ens = fs.ensemble.solve(flow, models, batch_size=None, **kw)
+    assert ens.success and ens.info["solver"] == "tsit5→ros34pw2-gn"
+    assert np.all(np.isfinite(ens.info["switched_at"]))  # measured: log t ≈ 10.8–10.9
+    for i in range(3):
+        W = np.asarray(ens[i].final.end_to_end())
+        # Measured 6e-12 to 8e-12: what is left of the init (scale 1e-4, cubed) in
+        # the directions the data do not excite, plus the rtol-sized error.
+        assert np.linalg.norm(W - data.truth) <= 1e-9 * np.linalg.norm(data.truth)
+
+    setup = prepare(flow, models[0], 1e6, **{k: v for k, v in kw.items() if k != "t1"}, log_t1=None,
+                    t0=0.0, solver="auto", dt0=None, progress=False, max_steps=10_000, error_norm="auto")
+    y0s = fs.ensemble.stack([eqx.filter(m, eqx.is_inexact_array) for m in models])
+    jaxpr = eqx.filter_make_jaxpr(_ensemble_program)((setup.args, y0s, flow, False, None, "linear"))[0].jaxpr
+    assert "cholesky" in str(jaxpr)  # the W-method is in the program: inside the cond
+    assert "cholesky" not in _primitives_outside_cond(jaxpr)
+
+
 def test_flows_varying_in_damping(two_layer_setup):
     problem, models = two_layer_setup
     dampings = [0.0, 0.1, 1.0]

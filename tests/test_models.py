@@ -145,3 +145,18 @@ def test_grad_of_all_models_is_finite_at_zero_weights():
     model = fs.models.DiagonalLinear(3, depth=3, init_scale=0.0)
     g = jax.grad(lambda u: jnp.sum(eqx.tree_at(lambda m: m.u, model, u).end_to_end()))(model.u)
     assert np.all(np.isfinite(g))
+
+
+@pytest.mark.parametrize("depth, widths", [(1, None), (2, [5]), (3, [4, 6])])
+def test_matrix_factorization_gram_is_the_tangent_kernel(depth, widths, getkey):
+    # The closed-form Gram matrix against J Jᵀ from reverse-mode autodiff, for
+    # completion (index pairs) and sensing (measurement rows).
+    model = fs.models.MatrixFactorization((7, 5), depth=depth, widths=widths, key=getkey(), init_scale=0.7)
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    for X in (jnp.array([[0, 0], [3, 4], [6, 2], [1, 1], [3, 0], [3, 4]]),
+              jr.normal(getkey(), (4, 35))):
+        J = jax.jacrev(lambda p, X=X: eqx.combine(p, static).predict_batch(X))(params)
+        J = jnp.concatenate([j.reshape(X.shape[0], -1) for j in jax.tree_util.tree_leaves(J)], axis=1)
+        ref = J @ J.T
+        # Sums of a few O(10) products: rounding is ~1e-15 relative.
+        assert jnp.max(jnp.abs(model.gram(X) - ref)) <= 1e-12 * jnp.max(jnp.abs(ref))

@@ -93,3 +93,92 @@ def test_a_non_finite_step_is_rejected_not_kept():
     # Measured 3.6e-8 relative after 26 accepted and 14 rejected steps.
     assert float(sol.ys[-1, 0]) == pytest.approx(1.0 / 16.0, rel=1e-6)
     assert int(sol.stats["num_rejected_steps"]) >= 1
+
+
+class _WrongW(diffrax.AbstractTerm):
+    """`_field`'s vector field with a Gauss–Newton system that has nothing to do with
+    its Jacobian: W = −BᵀB for a fixed 2×2 B (J is diag(λ, −2z))."""
+
+    lam: jnp.ndarray
+
+    def vf(self, t, u, args):
+        return {"y": self.lam * (u["y"] - jnp.sin(t)) + jnp.cos(t), "z": -u["z"] ** 2}
+
+    def contr(self, t0, t1, **kwargs):
+        return t1 - t0
+
+    def prod(self, vf, control):
+        return {k: control * v for k, v in vf.items()}
+
+    def has_gauss_newton(self):
+        return True
+
+    def gauss_newton_system(self, t, u, args):
+        B = jnp.array([[1.0, 0.3], [0.0, 2.0]])
+        apply_b = lambda v: B @ jnp.concatenate([v["y"], v["z"]])
+        apply_bt = lambda z: {"y": (B.T @ z)[:1], "z": (B.T @ z)[1:]}
+        return apply_b, apply_bt, B @ B.T
+
+
+@pytest.mark.parametrize("jacobian", ["exact", "wrong W"])
+def test_ros34pw2_is_third_order_whatever_its_matrix(jacobian):
+    # A W-method keeps its order with any matrix in place of the Jacobian (Rang &
+    # Angermann 2005): with the exact one and with an unrelated W the global error
+    # falls by 2³ per halving of fixed steps on the nonlinear, non-autonomous problem.
+    lam = jnp.asarray(-1.0)
+    if jacobian == "exact":
+        term, solver = diffrax.ODETerm(lambda t, u, lam: _WrongW(lam).vf(t, u, None)), fs.Ros34PW2()
+    else:
+        term, solver = _WrongW(lam), fs.Ros34PW2(jacobian="gauss-newton")
+    y0 = {"y": jnp.array([1.0]), "z": jnp.array([1.0])}
+    errors = []
+    for n in (80, 160, 320):
+        sol = diffrax.diffeqsolve(term, solver, 0.0, 2.0, 2.0 / n, y0, args=lam,
+                                  stepsize_controller=diffrax.ConstantStepSize())
+        exact = _exact(-1.0, 2.0)
+        errors.append([abs(float(sol.ys[k][-1, 0]) - exact[k]) for k in ("y", "z")])
+    errors = np.array(errors)
+    orders = np.log2(errors[:-1] / errors[1:])
+    # Measured with the unrelated W: 2.83, 2.91 (y) and 2.90, 2.95 (z), tending to 3
+    # (2.96, 2.97 at n = 640); with W = 0 (the method turns explicit) 2.96–3.03. The
+    # exact Jacobian: 2.99, 2.99 (y) and 3.01, 3.00 (z).
+    assert np.all(orders > 2.7), orders
+    assert np.all(orders < 3.4), orders
+
+
+def test_gauss_newton_w_method_matches_the_exact_flow_of_linear_regression():
+    # For a linear model with the squared loss the Gauss–Newton matrix XᵀX/n is the
+    # exact Hessian, and the flow θ' = −(XᵀX θ − Xᵀy)/n is linear: θ(t) from the
+    # matrix exponential of the augmented system. n = 6 < p = 10, so the Woodbury
+    # (n×n Gram) path runs, and the minimum is not unique: the limit depends on θ0.
+    from scipy.linalg import expm
+
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(6, 10)), rng.normal(size=6)
+    model = fs.models.Linear(10, weight=rng.normal(size=10))
+    flow = fs.GradientFlow(fs.Problem(model, fs.losses.Squared(), X, y))
+    H, b = X.T @ X / 6, X.T @ y / 6
+    aug = np.zeros((11, 11))
+    aug[:10, :10], aug[:10, 10] = -H, b
+    t1 = 200.0
+    exact = (expm(t1 * aug) @ np.append(np.asarray(model.weight), 1.0))[:10]
+    finals = {}
+    for jac in ("exact", "gauss-newton"):
+        sol = fs.solve(flow, model, t1=t1, solver=fs.Ros34PW2(jacobian=jac), rtol=1e-10,
+                       atol=1e-12, metrics=("loss",))
+        assert sol.success
+        finals[jac] = np.asarray(sol.final.weight)
+        # rtol 1e-10 over ~1e2 steps: 1e-8 relative allows the accumulated error.
+        assert np.linalg.norm(finals[jac] - exact) <= 1e-8 * np.linalg.norm(exact)
+    # The same matrix up to rounding, so the same steps: agreement far below rtol.
+    assert np.linalg.norm(finals["exact"] - finals["gauss-newton"]) <= 1e-11 * np.linalg.norm(exact)
+
+
+def test_gauss_newton_needs_a_gradient_flow():
+    with pytest.raises(ValueError, match="jacobian"):
+        fs.Ros34PW2(jacobian="newton")
+    X, y = np.eye(3), np.array([1.0, -1.0, 1.0])
+    problem = fs.Problem(fs.models.Linear(3), fs.losses.Logistic(), X, y)
+    flow = fs.NaturalGradientFlow(problem)
+    with pytest.raises(ValueError, match="gradient-flow term"):
+        fs.solve(flow, problem.model, t1=1.0, solver=fs.Ros34PW2(jacobian="gauss-newton"))

@@ -69,3 +69,10 @@ class _LogClockTerm(diffrax.AbstractTerm):
 
     def prod(self, vf, control):
         return jtu.tree_map(lambda v: control * v, vf)
+
+    # The Gauss–Newton system of gradient flows (see `Ros34PW2`), with e^s.
+    def has_gauss_newton(self) -> bool:
+        return callable(getattr(self.flow, "gauss_newton", None))
+
+    def gauss_newton_system(self, t, y, args):
+        return self.flow.gauss_newton(y, t)

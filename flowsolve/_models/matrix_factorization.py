@@ -1,6 +1,7 @@
 from collections.abc import Sequence
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, PRNGKeyArray
@@ -93,6 +94,38 @@ class MatrixFactorization(AbstractModel):
         for w in layers[1:-1]:
             V = w @ V
         return jnp.sum(layers[-1][rows] * V.T, axis=1)
+
+    def gram(self, X: Array) -> Array:
+        r"""$JJ^\top$ in closed form. For observed entries $(i_a, j_a)$ it is
+        $\sum_k (P_k)_{i_a i_b} (Q_k)_{j_a j_b}$ with $P_k = A_k A_k^\top$,
+        $Q_k = B_k^\top B_k$, $A_k = W_D\cdots W_{k+1}$ and $B_k = W_{k-1}\cdots W_1$
+        (the derivative of $W_{ij}$ in $W_k$ is $A_k^\top e_i e_j^\top B_k^\top$):
+        $O(D n^2 + D d^3)$ instead of $O(n^2 p)$. For measurement rows (sensing) it is
+        formed from the Jacobian."""
+        if not jnp.issubdtype(X.dtype, jnp.integer):
+            params, static = eqx.partition(self, eqx.is_inexact_array)
+            J = jax.jacrev(lambda p: eqx.combine(p, static).predict_batch(X))(params)
+            J = jnp.concatenate([j.reshape(X.shape[0], -1) for j in jax.tree_util.tree_leaves(J)], axis=1)
+            return J @ J.T
+        rows, cols = X[:, 0], X[:, 1]
+        layers = self.layers
+        depth = len(layers)
+        dtype = layers[0].dtype
+        # after[k] = W_D ⋯ W_{k+2} (layers above layer k), before[k] = W_k ⋯ W_1 (below).
+        after = [None] * depth
+        after[-1] = jnp.eye(self.shape[0], dtype=dtype)
+        for k in range(depth - 2, -1, -1):
+            after[k] = after[k + 1] @ layers[k + 1]
+        before = [None] * depth
+        before[0] = jnp.eye(self.shape[1], dtype=dtype)
+        for k in range(1, depth):
+            before[k] = layers[k - 1] @ before[k - 1]
+        K = 0.0
+        for k in range(depth):
+            A = after[k][rows]  # (n, d_k): row i of W_D ⋯ W_{k+2}
+            B = before[k][:, cols]  # (d_{k-1}, n): column j of W_k ⋯ W_1
+            K = K + (A @ A.T) * (B.T @ B)
+        return K
 
     def end_to_end(self) -> Array:
         """The product matrix $W = W_D\\cdots W_1$ of shape `(m, n)`."""
