@@ -173,3 +173,68 @@ class FirstSolve:
         ) + textwrap.dedent(_BUILD[workload])
         stmt = 'fs.solve(flow, model, saveat=fs.SaveAt(num=2), metrics=("loss",), **kw)'
         return stmt, setup
+
+
+class CompletionPastConvergence:
+    """`mc` past convergence (t = 1e5, 1e8), where the flow is stiff: `"auto"`
+    switches to the Gauss–Newton ROS34PW2 (an n×n Gram system per step, n = 464,
+    p = 2 700). Tsit5 alone needs ~ρt/3.3 steps (6.7e6 to t = 1e8)."""
+
+    params = [["1e5", "1e8"]]
+    param_names = ["horizon"]
+    timeout = 600
+    warmup_time = 0.0
+
+    def setup(self, horizon):
+        self.w = Workload("mc")
+        self.w.kw["t1"] = float(horizon)
+        self.w.solve()  # compile + warm up
+
+    def time_solve(self, horizon):
+        self.w.solve()
+
+
+class CompletionPastConvergenceStats:
+    """Steps, switches and accuracy of `CompletionPastConvergence`, against a
+    Tsit5 solve at rtol 1e-11 / atol 1e-13 to t = 1e5 (converged: loss ~1e-15, the
+    limit for every later t)."""
+
+    params = [["1e5", "1e8"]]
+    param_names = ["horizon"]
+    timeout = 900
+
+    def setup_cache(self):
+        w = Workload("mc")
+        w.kw["t1"] = 1e5
+        ref = fs.solve(w.flow, w.model, **dict(w.kw, solver="tsit5", rtol=1e-11, atol=1e-13))
+        results = {}
+        for horizon in ("1e5", "1e8"):
+            w.kw["t1"] = float(horizon)
+            sol = w.solve()
+            results[horizon] = {
+                "accepted": sol.stats["num_accepted_steps"],
+                "rejected": sol.stats["num_rejected_steps"],
+                "switches": sol.info.get("switches", 0),
+                "error": w.error(sol, ref),
+            }
+        return results
+
+    def track_accepted_steps(self, results, horizon):
+        return results[horizon]["accepted"]
+
+    track_accepted_steps.unit = "steps"
+
+    def track_rejected_steps(self, results, horizon):
+        return results[horizon]["rejected"]
+
+    track_rejected_steps.unit = "steps"
+
+    def track_switches(self, results, horizon):
+        return results[horizon]["switches"]
+
+    track_switches.unit = "switches to the implicit method"
+
+    def track_error(self, results, horizon):
+        return results[horizon]["error"]
+
+    track_error.unit = "relative error of the end-to-end matrix"
