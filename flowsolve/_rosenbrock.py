@@ -243,7 +243,7 @@ def has_gauss_newton(term) -> bool:
 def _is_wrap(term) -> bool:
     # diffeqsolve wraps the term it is given with the direction of time (diffrax's
     # `WrapTerm`, not exported).
-    return hasattr(term, "direction") and isinstance(getattr(term, "term", None), diffrax.AbstractTerm)
+    return type(term).__name__ == "WrapTerm" and isinstance(getattr(term, "term", None), diffrax.AbstractTerm)
 
 
 def _gauss_newton_system(term, t, y, args):

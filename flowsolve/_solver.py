@@ -366,11 +366,15 @@ def gauss_newton_size(flow, num_params: int) -> int | None:
     the smaller one. (Classification losses keep Rodas5P: at large margins the
     residual part of their Hessian is as large as the Gauss–Newton part.)"""
     from ._flow import GradientFlow
+    from ._flow.natural import AUTO_MEMORY_BUDGET, _has_gram
     from ._losses import Squared
 
     if isinstance(flow, GradientFlow) and isinstance(flow.problem.loss, Squared):
         n = flow.problem.n
-        return n if n < num_params else None
+        # Without a closed-form Gram matrix the step forms the n×p per-sample
+        # Jacobian: only while it fits the budget natural-gradient flow uses.
+        fits = _has_gram(flow.problem.model) or n * num_params * 8 <= AUTO_MEMORY_BUDGET
+        return n if n < num_params and fits else None
     return None
 
 
@@ -428,7 +432,11 @@ def resolve_solver(
             gauss_newton_n = None
         if small and clock == "log" and horizon is not None:
             return auto_switch(horizon, num_params=num_params), "auto"
-        stiff = stiffness is not None and stiffness / 3.3 > stiff_threshold(num_params)
+        threshold = (
+            stiff_threshold(num_params) if gauss_newton_n is None
+            else AUTO_STIFF_STEPS * gauss_newton_cost(gauss_newton_n) / RODAS_COST
+        )
+        stiff = stiffness is not None and stiffness / 3.3 > threshold
         if small and (smooth or stiff) and horizon is not None:
             # Start explicit whatever the estimate at θ0 and let the in-flight test
             # decide: the estimate cannot tell a transient (NGF from a near-singular
@@ -439,7 +447,7 @@ def resolve_solver(
                 horizon, num_params=num_params, only_when_limited=True, gauss_newton_n=gauss_newton_n,
             ), "auto"
         if small and (clock == "log" or stiff):
-            name = "rodas5p"
+            name = "rodas5p" if gauss_newton_n is None else "ros34pw2-gn"
         else:
             # A piecewise-smooth field (ReLU) defeats high order: every kink costs
             # rejected steps whatever the order, and between kinks Bosh3's cheaper

@@ -503,3 +503,24 @@ def test_auto_detects_stiffness_on_the_linear_clock():
     X2, y2 = separable_data(n=50, d=5, seed=0)
     mild = fs.Problem(fs.models.Linear(5), fs.losses.Logistic(), X2, y2)
     assert fs.solve(fs.GradientFlow(mild), t1=100.0, metrics=("loss",)).info["solver"] == "tsit5"
+
+
+def test_auto_routes_squared_loss_flows_with_n_below_p_to_the_gauss_newton_w_method():
+    # Which implicit method `auto` switches to (the numbers: tests/test_long_horizon.py,
+    # tests/test_rosenbrock.py). p = 7 200 is past Rodas5P's dense-Jacobian limit,
+    # but the W-method's system is n × n.
+    from flowsolve._solver import AutoSwitch, gauss_newton_size, resolve_solver
+
+    data = fs.datasets.low_rank_completion((60, 60), 2, seed=0)
+    model = fs.models.MatrixFactorization((60, 60), depth=2, key=jr.key(0))
+    flow = fs.GradientFlow(fs.Problem(model, fs.losses.Squared(), data.X, data.y))
+    n = gauss_newton_size(flow, 7200)
+    assert n == data.X.shape[0] < 7200
+    solver, _ = resolve_solver("auto", clock="linear", num_params=7200, horizon=1e8, gauss_newton_n=n)
+    assert isinstance(solver, AutoSwitch) and solver.label == "tsit5→ros34pw2-gn"
+    # The log clock and classification losses keep Rodas5P; n ≥ p gains nothing.
+    solver, _ = resolve_solver("auto", clock="log", num_params=50, horizon=1e3, gauss_newton_n=20)
+    assert solver.label == "tsit5→rodas5p"
+    X, y = fs.datasets.separable_gaussian(n=20, d=50, seed=0)
+    assert gauss_newton_size(fs.GradientFlow(fs.Problem(fs.models.Linear(50), fs.losses.Logistic(), X, y)), 50) is None
+    assert gauss_newton_size(fs.GradientFlow(fs.Problem(fs.models.Linear(10), fs.losses.Squared(), X[:, :10], y)), 10) is None
