@@ -224,7 +224,7 @@ def _check_applies(name: str, fn, problem: Problem, model: eqx.Module, structure
         _APPLIES.move_to_end(key)
         return
     try:
-        jax.eval_shape(fn, problem, model)
+        eqx.filter_eval_shape(fn, problem, model)
     except (ValueError, NotImplementedError) as e:
         raise ValueError(f"Metric {name!r} does not apply here: {e}") from e
     if key is not None:

@@ -109,6 +109,30 @@ def test_user_module_works_with_problem(getkey):
     assert problem.homogeneity is None
 
 
+def test_user_mlp_with_a_jitted_activation_solves_past_convergence():
+    # An equinox MLP whose activation is a jitted function (`jnp.tanh`): a
+    # non-array leaf that the metric checks once choked on. Squared loss with
+    # n = 20 < p = 353, so `auto` ends on the Gauss–Newton W-method, with the Gram
+    # matrix from per-sample gradients (no closed form). Reference: Rodas5P (the
+    # exact Jacobian, order 5; checked against closed forms in test_rosenbrock.py)
+    # at tolerances 100× tighter.
+    from jax.flatten_util import ravel_pytree
+
+    X = np.asarray(jr.normal(jr.key(0), (20, 3)))
+    y = np.sin(X[:, 0]) + 0.5 * X[:, 1]
+    mlp = eqx.nn.MLP(3, "scalar", 16, 2, activation=jnp.tanh, key=jr.key(1))
+    flow = fs.GradientFlow(fs.Problem(mlp, fs.losses.Squared(), X, y))
+    sol = fs.solve(flow, mlp, t1=1e6, metrics=("loss",))
+    assert sol.success and sol.info["solver"] == "tsit5→ros34pw2-gn"
+    ref = fs.solve(flow, mlp, t1=1e6, metrics=("loss",), solver="rodas5p", rtol=1e-10, atol=1e-12)
+    a, b = (ravel_pytree(eqx.filter(s.final, eqx.is_inexact_array))[0] for s in (sol, ref))
+    # Measured 6.8e-8: rtol 1e-8 accumulated over ~1 300 steps of a flow that fits
+    # the data (loss ~1e-32) and whose limit depends on the path (p > n).
+    err = float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
+    assert err <= 1e-6, err
+    assert float(sol.metrics["loss"][-1]) < 1e-20
+
+
 @pytest.mark.parametrize(
     "make, match",
     [
