@@ -384,19 +384,24 @@ def auto_switch(
     """`"auto"`'s switching solver: Tsit5, then Rodas5P once stiff; or, with
     `gauss_newton_n` (a squared-loss gradient flow on n < p points), the
     Gauss–Newton ROS34PW2, whose step costs an n×n system instead of p×p."""
-    if gauss_newton_n is None:
-        implicit, cost = Rodas5P(), RODAS_COST * stiff_threshold(num_params) / AUTO_STIFF_STEPS
-    else:
-        implicit, cost = Ros34PW2(jacobian="gauss-newton"), gauss_newton_cost(gauss_newton_n)
+    cost = _implicit_cost(num_params, gauss_newton_n)
     return AutoSwitch(
         diffrax.Tsit5(),
-        implicit,
+        Rodas5P() if gauss_newton_n is None else Ros34PW2(jacobian="gauss-newton"),
         horizon=jnp.asarray(horizon, jnp.result_type(float)),
         stiff0=jnp.asarray(False),
         threshold=AUTO_STIFF_STEPS * cost / RODAS_COST,
         only_when_limited=only_when_limited,
         cost=cost,
     )
+
+
+def _implicit_cost(num_params: int, gauss_newton_n: int | None) -> float:
+    """An implicit step of `"auto"`'s stiff method in Tsit5 steps: Rodas5P's
+    (growing with p), or the Gauss–Newton W-method's (growing with n)."""
+    if gauss_newton_n is None:
+        return RODAS_COST * stiff_threshold(num_params) / AUTO_STIFF_STEPS
+    return gauss_newton_cost(gauss_newton_n)
 
 
 def resolve_solver(
@@ -432,10 +437,7 @@ def resolve_solver(
             gauss_newton_n = None
         if small and clock == "log" and horizon is not None:
             return auto_switch(horizon, num_params=num_params), "auto"
-        threshold = (
-            stiff_threshold(num_params) if gauss_newton_n is None
-            else AUTO_STIFF_STEPS * gauss_newton_cost(gauss_newton_n) / RODAS_COST
-        )
+        threshold = AUTO_STIFF_STEPS * _implicit_cost(num_params, gauss_newton_n) / RODAS_COST
         stiff = stiffness is not None and stiffness / 3.3 > threshold
         if small and (smooth or stiff) and horizon is not None:
             # Start explicit whatever the estimate at θ0 and let the in-flight test

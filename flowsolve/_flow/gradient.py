@@ -36,7 +36,7 @@ class GradientFlow(AbstractFlow):
         per-sample gradients). The weights $e^{\text{log\_scale}}\ell''_i/n$ are
         formed in the log domain. Exact at an interpolating minimum of the squared
         loss, where the residual term of the Hessian vanishes."""
-        from .natural import _has_gram
+        from .natural import _has_gram, per_sample_jacobian
 
         problem = self.problem
         static = self.static
@@ -53,11 +53,7 @@ class GradientFlow(AbstractFlow):
             G = model.gram(problem.X)
         else:
             theta, unravel = ravel_pytree(params)
-
-            def single(th, x):
-                return eqx.combine(unravel(th), static)(x)
-
-            J = jax.vmap(jax.grad(single), in_axes=(None, 0))(theta, problem.X)
+            J = per_sample_jacobian(static, unravel, theta, problem.X)
             G = J @ J.T
         K = sqrt_w[:, None] * G * sqrt_w[None, :]
         return (

@@ -175,6 +175,17 @@ def _has_gram(model) -> bool:
     return isinstance(model, AbstractModel) and type(model).gram is not AbstractModel.gram
 
 
+def per_sample_jacobian(static, unravel, theta: Array, X: Array) -> Array:
+    """The n×p Jacobian of the predictions on the rows of `X` in the flat parameters
+    `theta`: n VJPs of single-sample predictions (not n VJPs of the whole batch,
+    which would cost n² forward passes)."""
+
+    def single(th, x):
+        return eqx.combine(unravel(th), static)(x)
+
+    return jax.vmap(jax.grad(single), in_axes=(None, 0))(theta, X)
+
+
 def choose_solve(n: int, p: int, itemsize: int = 8) -> str:
     """The `"auto"` rule: `"dense"` when p ≤ n (the p×p Fisher is the smaller
     system), else `"gram"` while the n×p Jacobian fits in `AUTO_MEMORY_BUDGET`,
@@ -304,9 +315,6 @@ class NaturalGradientFlow(AbstractFlow):
             # following a wrong field. Raise `cg_max_steps`, add damping, or use "gram".
             v = jnp.where(ok, v, jnp.nan)
         else:
-            def single(th, x):
-                return eqx.combine(unravel(th), static)(x)
-
             model = eqx.combine(unravel(theta), static)
             w = None
             if self.solve == "gram" and _has_gram(model):
@@ -318,9 +326,7 @@ class NaturalGradientFlow(AbstractFlow):
             else:
                 f = predict(theta)
                 w = _weights(problem, f, self.fisher)
-                # Per-sample gradients: n VJPs of single-sample predictions (not n
-                # VJPs of the whole batch, which would cost n² forward passes).
-                J = jax.vmap(jax.grad(single), in_axes=(None, 0))(theta, problem.X)
+                J = per_sample_jacobian(static, unravel, theta, problem.X)
                 if self.solve == "gram":
                     v = _gram_direction(J @ J.T, lambda a: J.T @ a, w, mu, self.rcond)
                 else:
