@@ -2,7 +2,6 @@
 over flows that differ in their arrays: damping, data), sharded over devices."""
 
 import dataclasses
-import math
 from collections.abc import Callable, Mapping, Sequence
 
 import diffrax
@@ -68,13 +67,17 @@ def _same_static(x, x0) -> bool:
         return False
 
 
+@jax.jit
+def _stack_arrays(*xs):
+    return jnp.stack(xs)
+
+
 def _stack_column(column: list):
-    if any(isinstance(x, jax.core.Tracer) for x in column):
-        return jnp.stack(column)  # under a transformation: stay traced
-    # One device→host gather and one stack on the host; `jnp.stack` converts and
-    # promotes each of its inputs on its own.
-    host = np.stack(jax.device_get(column))
-    return jnp.asarray(host, dtype=jnp.result_type(column[0]))
+    # One compiled call with the arrays as its arguments: 0.1–0.2 ms for 256 small
+    # arrays, where gathering them to the host (one transfer each) and stacking
+    # there took 1.2–2.4 ms, and `jnp.stack` (a conversion per input) 1 ms.
+    # Under a transformation it stays traced.
+    return _stack_arrays(*column).astype(jnp.result_type(column[0]))
 
 
 def _members(models, what: str, template=None) -> tuple[object, int]:
@@ -109,9 +112,13 @@ def _index(tree, i):
     return jtu.tree_map(lambda x: x[i] if eqx.is_array(x) else x, tree)
 
 
+#: The mesh axis that the member axis is sharded over.
+_MESH_AXIS = "devices"
+
+
 def _mesh():
     devices = jax.devices()
-    return Mesh(np.array(devices), ("members",)) if len(devices) > 1 else None
+    return Mesh(np.array(devices), (_MESH_AXIS,)) if len(devices) > 1 else None
 
 
 def _pad_and_shard(tree, m: int, m_pad: int, mesh):
@@ -125,16 +132,21 @@ def _pad_and_shard(tree, m: int, m_pad: int, mesh):
         if m_pad > m:
             x = jnp.concatenate([x, jnp.repeat(x[-1:], m_pad - m, axis=0)])
         if mesh is not None:
-            spec = PartitionSpec("members", *([None] * (x.ndim - 1)))
+            spec = PartitionSpec(_MESH_AXIS, *([None] * (x.ndim - 1)))
             x = jax.device_put(x, NamedSharding(mesh, spec))
         return x
 
     return jtu.tree_map(place, tree)
 
 
-def _auto_batch_size(model, n_dev: int) -> int | None:
-    """`batch_size="auto"`: one member after another (`1`) for piecewise-smooth
-    flows on one CPU device; otherwise all members at once (`None`).
+#: `batch_size="auto"`'s largest chunk of smooth flows on a CPU device.
+_CPU_CHUNK = 32
+
+
+def _auto_batch_size(model, n_dev: int, m: int) -> int | None:
+    """`batch_size="auto"`: on CPU devices, each device solves its members one after
+    another (`1`) for piecewise-smooth flows, and in chunks of at most 32 (of equal
+    size) for smooth ones; elsewhere all members at once (`None`).
 
     A vmapped solve takes its slowest member's step count for every member, and on a
     CPU a batched step costs nearly as much per member as an unbatched one. Kinked
@@ -142,16 +154,28 @@ def _auto_batch_size(model, n_dev: int) -> int | None:
     width 16, t1 = 10, Tsit5, rtol 1e-6) took 23 to 47 108 steps (median 262), so
     97 % of an all-at-once batch's member-steps went to members that had finished:
     140 s all at once, 5.9 s one after another (a loop of `fs.solve`: 6.3–6.6 s).
-    Smooth flows finish together closely enough that chunking does not pay: vmapped
-    chunks of 64 tanh networks were 0–3 % faster than all at once at n = 20, width
-    16, and 6–9 % slower at n = 50, width 50 (all at once wastes 38 % and 23 % of
-    its member-steps there, but its larger batched operations run better). On a
+    Smooth flows finish closer together, but all at once still wastes 38 % (n = 20,
+    width 16) and 23 % (n = 50, width 50) of the member-steps of 256 tanh networks.
+    Flows per second, whole calls (`scripts/ensemble_throughput.py`'s cases):
+
+    | devices × chunk | all at once | 64 | 32 | 16 |
+    |---|---|---|---|---|
+    | 1 CPU, n = 20, width 16 | 3 840 | 5 100 | 5 930 | 5 700 |
+    | 1 CPU, n = 50, width 50 | 1 190 | 1 120 | 1 110 | 1 060 |
+    | 2 CPUs, n = 20, width 16 | 7 860 | 8 700 | 8 980 | 9 140 |
+    | 2 CPUs, n = 50, width 50 | 1 630 | 1 910 | 2 190 | 2 310 |
+
+    On one CPU device the larger batched operations of all-at-once at n = 50 run on
+    both cores, which chunks of 32 give up (7 %); everywhere else chunks win. On a
     GPU a batched step costs little more than one member's.
     """
-    kinked = isinstance(model, AbstractModel) and not model.smooth
-    if kinked and n_dev == 1 and jax.devices()[0].platform == "cpu":
+    if jax.devices()[0].platform != "cpu":
+        return None
+    if isinstance(model, AbstractModel) and not model.smooth:
         return 1
-    return None
+    per_device = -(-m // n_dev)
+    n_chunks = -(-per_device // _CPU_CHUNK)
+    return None if n_chunks == 1 else -(-per_device // n_chunks)
 
 
 #: The vmapped member axis, named so that `AutoSwitch` can switch all members at once.
@@ -159,7 +183,7 @@ _AXIS = "members"
 
 
 def _ensemble_program(ens):
-    args, y0s, flows, stacked_flows, batch_size, clock = ens
+    args, y0s, flows, stacked_flows, batch_size, clock, mesh = ens
     if isinstance(args[1], AutoSwitch):
         args = (args[0], dataclasses.replace(args[1], axis_name=_AXIS), *args[2:])
 
@@ -174,20 +198,33 @@ def _ensemble_program(ens):
     fn = eqx.filter_vmap(
         member, in_axes=(0, eqx.if_array(0) if stacked_flows else None), axis_name=_AXIS
     )
-    if batch_size is None:
-        return fn(y0s, flows)
-    # Chunks of `batch_size` members, one after the other (lax.map): a chunk ends
-    # with its slowest member, not with the slowest member of the whole ensemble.
     dyn, static = eqx.partition((y0s, flows if stacked_flows else None), eqx.is_array)
-    m = jtu.tree_leaves(dyn)[0].shape[0]
-    chunked = jtu.tree_map(lambda x: x.reshape(m // batch_size, batch_size, *x.shape[1:]), dyn)
 
-    def run_chunk(d):
-        y, f = eqx.combine(d, static)
-        return fn(y, f if stacked_flows else flows)
+    def local(dyn):
+        # The members on one device: all at once, or in chunks of `batch_size` one
+        # after the other (lax.map): a chunk ends with its slowest member, not with
+        # the slowest member of the whole ensemble.
+        if batch_size is None:
+            y, f = eqx.combine(dyn, static)
+            return fn(y, f if stacked_flows else flows)
+        m = jtu.tree_leaves(dyn)[0].shape[0]
+        chunked = jtu.tree_map(lambda x: x.reshape(m // batch_size, batch_size, *x.shape[1:]), dyn)
 
-    out = jax.lax.map(run_chunk, chunked)
-    return jtu.tree_map(lambda x: x.reshape(m, *x.shape[2:]), out)
+        def run_chunk(d):
+            y, f = eqx.combine(d, static)
+            return fn(y, f if stacked_flows else flows)
+
+        out = jax.lax.map(run_chunk, chunked)
+        return jtu.tree_map(lambda x: x.reshape(m, *x.shape[2:]), out)
+
+    if mesh is None:
+        return local(dyn)
+    # Each device solves its own members with its own loop (`shard_map`): under a
+    # plain sharded `vmap` the adaptive loop's stopping test and every step would be
+    # agreed across devices, and all of them would run until the slowest member
+    # anywhere had finished.
+    spec = PartitionSpec(_MESH_AXIS)
+    return jax.shard_map(local, mesh=mesh, in_specs=(spec,), out_specs=spec, check_vma=False)(dyn)
 
 
 def solve(
@@ -220,18 +257,23 @@ def solve(
         damping=λ)` for several λ, or problems on resampled data of one shape.
     - `models`: a list of initial models, or one model whose parameter arrays carry
         a leading member axis (`fs.ensemble.stack`), e.g. a sweep of init scales.
-    - `batch_size`: solve members in chunks of this size one after another
-        (`lax.map`) instead of all at once. A vmapped adaptive solve takes as many
-        steps as its slowest member for every member, so chunks of similar members
-        (sort them by expected difficulty) can finish sooner; `1` solves the members
-        one after another, unbatched, each with its own step count (bitwise the
-        answers of `fs.solve`); `None` vmaps all members. `"auto"` (default): `1`
-        for piecewise-smooth flows (ReLU networks, `model.smooth == False`, whose
-        step counts vary by orders of magnitude between members) on one CPU
-        device, otherwise `None`. `info["batch_size"]` reports the choice.
+    - `batch_size`: each device solves its members in chunks of this size one after
+        another (`lax.map`) instead of all at once. A vmapped adaptive solve takes as
+        many steps as its slowest member for every member, so chunks of similar
+        members (sort them by expected difficulty) can finish sooner; `1` solves the
+        members one after another, unbatched, each with its own step count (on one
+        device bitwise the answers of `fs.solve`); `None` vmaps all of a device's
+        members. `"auto"` (default): on CPU devices, `1` for piecewise-smooth flows
+        (ReLU networks, `model.smooth == False`, whose step counts vary by orders of
+        magnitude between members) and equal chunks of at most 32 for smooth ones (`None` when one chunk holds
+        them all);
+        `None` on GPUs. `info["batch_size"]` reports the choice.
     - `shard`: place the member axis across all devices (`jax.sharding`; a no-op on
-        one device). The same call runs on one CPU, several GPUs, or several hosts
-        under `jax.distributed`.
+        one device); each device solves its members with its own loop
+        (`jax.shard_map`). The same call runs on one CPU, several GPUs, or several
+        hosts under `jax.distributed`. JAX sees a CPU as one device: to solve on all
+        its cores, ask for one device per core before JAX first runs, e.g.
+        `jax.config.update("jax_num_cpu_devices", os.cpu_count())`.
 
     **Returns:**
 
@@ -264,16 +306,16 @@ def solve(
     mesh = _mesh() if shard else None
     n_dev = 1 if mesh is None else mesh.size
     if batch_size == "auto":
-        batch_size = _auto_batch_size(flow0.problem.model, n_dev)
+        batch_size = _auto_batch_size(flow0.problem.model, n_dev, m)
     if batch_size == 1 and n_dev == 1:
         out, compile_time, wall_time = _one_after_another(setup, y_stacked, flow if stacked_flows else None, m)
         return _finish_ensemble(setup, out, m, compile_time, wall_time, flow if stacked_flows else None, 1)
-    unit = n_dev if batch_size is None else math.lcm(batch_size, n_dev)
+    unit = n_dev if batch_size is None else batch_size * n_dev
     m_pad = -(-m // unit) * unit
     y0s = _pad_and_shard(eqx.filter(y_stacked, eqx.is_inexact_array), m, m_pad, mesh)
     if stacked_flows:
         flows = _pad_and_shard(flows, m, m_pad, mesh)
-    ens = (setup.args, y0s, flows, stacked_flows, batch_size, setup.clock)
+    ens = (setup.args, y0s, flows, stacked_flows, batch_size, setup.clock, mesh)
     out, compile_time, wall_time = compile_and_run("ensemble.solve", _ensemble_program, ens)
     out = jtu.tree_map(lambda x: np.asarray(x)[:m], out)
     return _finish_ensemble(setup, out, m, compile_time, wall_time, flow if stacked_flows else None, batch_size)

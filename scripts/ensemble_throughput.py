@@ -3,19 +3,26 @@ calls (compiled once, reused) and against hand-written `jax.vmap`s of
 `diffrax.diffeqsolve`, for two-layer-network gradient flows.
 
     python scripts/ensemble_throughput.py [--members 256] [--repeats 5] [--quick] [--full]
-        [--cases tanh20,tanh50,relu20] [--out results.json]
+        [--cases tanh20,tanh50,relu20] [--cpu-devices N] [--out results.json]
+
+`--cpu-devices` (default: one per core) sets how many devices JAX makes of the
+CPU (`jax_num_cpu_devices`); `fs.ensemble` shards its members over them, each
+device running its own loop. A loop of `fs.solve` and the hand-written baselines
+run on the first device, as such code does.
 
 Every timing is the minimum over `--repeats` runs, the contenders interleaved
 (run 1 of each, then run 2 of each, ...), after a warm-up call that compiles.
 Printed per case, in flows per second:
 
-- `ensemble`: `fs.ensemble.solve` with its default `batch_size="auto"` (on one
-  CPU: all members at once for smooth flows, one after another for kinked ones);
-  `compiled` is its compiled part alone (`stats["wall_time"]`).
-- `chunks of 64` (smooth flows; compiled part): `batch_size=64`, vmapped chunks
-  solved one after another. `all at once` (ReLU, with `--full` only: it takes
-  minutes; compiled part): `batch_size=None`. The hand vmaps also run for ReLU
-  with `--full` only.
+- `ensemble`: `fs.ensemble.solve` with its default `batch_size="auto"` (on CPU
+  devices: each device's members in equal chunks of at most 32 for smooth flows,
+  one after another for kinked ones), sharded over all devices; `compiled` is its
+  compiled part alone (`stats["wall_time"]`). `1 device`: the same with
+  `shard=False` (whole call).
+- `all at once` (compiled part; for ReLU with `--full` only: it takes minutes):
+  `batch_size=None`, each device's members vmapped together. The hand vmaps also
+  run for ReLU with `--full` only. `comp/hand` and `comp/hand+m` divide its time
+  by the hand vmaps': like for like with `--cpu-devices 1`.
 - `loop`: a Python loop of `fs.solve` over all members (`--quick`: over 32 of them
   for the smooth cases, scaled up).
 - `hand vmap`: `jax.jit(jax.vmap(diffeqsolve))` of the same flow, solver, tolerances
@@ -30,12 +37,19 @@ batched arithmetic rounds differently, and kinks turn that into other step count
 
 import argparse
 import json
+import os
+import sys
 import time
 
 import jax
 
 
 jax.config.update("jax_enable_x64", True)
+if __name__ == "__main__":  # before JAX first runs: one device per core unless told
+    _n = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--cpu-devices=")), None)
+    if _n is None and "--cpu-devices" in sys.argv[:-1]:
+        _n = sys.argv[sys.argv.index("--cpu-devices") + 1]
+    jax.config.update("jax_num_cpu_devices", int(_n) if _n else os.cpu_count() or 1)
 
 import diffrax  # noqa: E402
 import equinox as eqx  # noqa: E402
@@ -90,20 +104,18 @@ def case(activation, n, width, members, repeats, quick, full):
 
     runs = {
         "ensemble": lambda: fs.ensemble.solve(flow, models, **kw),
+        "1 device": lambda: fs.ensemble.solve(flow, models, shard=False, **kw),
         "loop": lambda: [fs.solve(flow, m, **kw) for m in loop_models],
         "hand loop": lambda: [jax.block_until_ready(hand["single"](p)) for p in params],
     }
-    if not kinked:
-        runs["chunks of 64"] = lambda: fs.ensemble.solve(flow, models, batch_size=64, **kw)
     if full or not kinked:  # all members at once: minutes for ReLU
-        if kinked:
-            runs["all at once"] = lambda: fs.ensemble.solve(flow, models, batch_size=None, **kw)
+        runs["all at once"] = lambda: fs.ensemble.solve(flow, models, batch_size=None, **kw)
         runs["hand vmap"] = lambda: jax.block_until_ready(hand["vmap"](stacked))
         runs["hand vmap+metrics"] = lambda: jax.block_until_ready(hand["vmap+metrics"](stacked))
     scale = {"loop": members / len(loop_models)}
     warm = {name: run() for name, run in runs.items()}  # compile
     times = {name: [] for name in runs}
-    compiled = {"ensemble": [], "chunks of 64": [], "all at once": []}
+    compiled = {"ensemble": [], "all at once": []}
     for _ in range(repeats):
         for name, run in runs.items():
             t0 = time.perf_counter()
@@ -113,9 +125,8 @@ def case(activation, n, width, members, repeats, quick, full):
                 compiled[name].append(out.stats["wall_time"])
     best = {name: min(v) for name, v in times.items()}
     best["ensemble compiled"] = min(compiled["ensemble"])
-    for name in ("chunks of 64", "all at once"):
-        if compiled[name]:
-            best[name] = min(compiled[name])
+    if compiled["all at once"]:
+        best["all at once"] = min(compiled["all at once"])
 
     ens = warm["ensemble"]
     steps = ens.stats["num_steps"]
@@ -126,10 +137,13 @@ def case(activation, n, width, members, repeats, quick, full):
         "batch_size": ens.info.get("batch_size"),
         "steps_equal_hand": bool(np.array_equal(steps, warm["hand vmap"][1])) if "hand vmap" in warm else None,
         "seconds": best, "flows_per_s": rate,
+        "devices": len(jax.devices()),
         "speedup_vs_loop": ratio("loop", "ensemble"),
-        "compiled_vs_hand_vmap": ratio("ensemble compiled", "hand vmap"),
-        "compiled_vs_hand_vmap_metrics": ratio("ensemble compiled", "hand vmap+metrics"),
-        "chunks_vs_ensemble_compiled": ratio("chunks of 64", "ensemble compiled"),
+        "speedup_vs_loop_1_device": ratio("loop", "1 device"),
+        # Like for like with `--cpu-devices 1`: all members vmapped at once, compiled part.
+        "compiled_vs_hand_vmap": ratio("all at once", "hand vmap"),
+        "compiled_vs_hand_vmap_metrics": ratio("all at once", "hand vmap+metrics"),
+        "all_at_once_vs_ensemble_compiled": ratio("all at once", "ensemble compiled"),
         "hand_vmap_vs_hand_loop": ratio("hand loop", "hand vmap"),
         "steps_min": int(steps.min()), "steps_median": int(np.median(steps)), "steps_max": int(steps.max()),
         # Share of a batch-of-all's member-steps spent on members that had finished.
@@ -145,6 +159,8 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="loop over 32 members for smooth flows; 3 repeats")
     parser.add_argument("--full", action="store_true", help="also time all ReLU members at once (minutes)")
     parser.add_argument("--cases", default="tanh20,tanh50,relu20", help="comma-separated subset")
+    parser.add_argument("--cpu-devices", type=int, default=None,
+                        help="devices JAX makes of the CPU (default: one per core); read before JAX starts")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     repeats = 3 if args.quick else args.repeats
@@ -155,18 +171,20 @@ def main(argv=None):
     }
     rows = [case(act, n, w, args.members, r, args.quick, args.full)
             for name, (act, n, w, r) in cases.items() if name in args.cases.split(",")]
-    cols = ["ensemble", "ensemble compiled", "chunks of 64", "all at once", "loop", "hand vmap",
+    cols = ["ensemble", "ensemble compiled", "1 device", "all at once", "loop", "hand vmap",
             "hand vmap+metrics", "hand loop"]
-    print("flows/s (min-of-N wall time; 'ensemble compiled', 'chunks of 64', 'all at once': compiled part only)")
+    print("flows/s (min-of-N wall time; 'ensemble compiled', 'all at once': compiled part only)")
     print(f"{'act':>5} {'n':>3} {'w':>3} {'M':>4} {'batch':>5} " + " ".join(f"{c:>17}" for c in cols)
-          + f" {'×loop':>6} {'comp/hand':>9} {'comp/hand+m':>11} {'steps min/med/max':>18} {'waste':>6} {'same steps':>10}")
+          + f" {'×loop':>6} {'×loop 1 dev':>11} {'comp/hand':>9} {'comp/hand+m':>11} {'steps min/med/max':>18}"
+          + f" {'waste':>6} {'same steps':>10}")
     for r in rows:
         rate = r["flows_per_s"]
         cells = " ".join(f"{rate[c]:>17.1f}" if c in rate else f"{'—':>17}" for c in cols)
         steps = f"{r['steps_min']}/{r['steps_median']}/{r['steps_max']}"
         fmt = lambda x, w: f"{x:>{w}.2f}" if x is not None else f"{'—':>{w}}"
         print(f"{r['activation']:>5} {r['n']:>3} {r['width']:>3} {r['members']:>4} {str(r['batch_size']):>5} {cells} "
-              f"{fmt(r['speedup_vs_loop'], 6)} {fmt(r['compiled_vs_hand_vmap'], 9)} "
+              f"{fmt(r['speedup_vs_loop'], 6)} {fmt(r['speedup_vs_loop_1_device'], 11)} "
+              f"{fmt(r['compiled_vs_hand_vmap'], 9)} "
               f"{fmt(r['compiled_vs_hand_vmap_metrics'], 11)} {steps:>18} {r['all_at_once_waste']:>6.0%} "
               f"{str(r['steps_equal_hand']):>10}")
     print(f"devices: {jax.devices()}")

@@ -65,6 +65,19 @@ def test_auto_batch_size_batches_smooth_flows_at_once(two_layer_setup):
 
 
 @_ON_CPU
+def test_auto_batch_size_chunks_of_at_most_32_per_cpu_device(two_layer_setup):
+    """Structural: the rule `batch_size="auto"` follows for smooth flows on CPU
+    devices (equal chunks of at most 32 members per device, the fewest that do; the
+    measurements behind it are in `_auto_batch_size`'s docstring)."""
+    from flowsolve._ensemble import _auto_batch_size
+
+    model = two_layer_setup[1][0]
+    cases = {(32, 1): None, (33, 1): 17, (100, 1): 25, (256, 1): 32, (256, 2): 32, (257, 2): 26, (6, 4): None}
+    for (m, n_dev), expected in cases.items():
+        assert _auto_batch_size(model, n_dev, m) == expected, (m, n_dev)
+
+
+@_ON_CPU
 def test_kinked_members_one_after_another_are_single_solves():
     """ReLU flows (step counts that vary by orders of magnitude between members) go
     one after another on one CPU: `fs.solve`'s own program, so bitwise its answer."""
@@ -123,7 +136,7 @@ def test_log_clock_auto_members_switch_together():
     setup = prepare(flow, models[0], None, **kw, t0=0.0, solver="auto", dt0=None, progress=False,
                     max_steps=10_000, error_norm="auto")
     y0s = fs.ensemble.stack([eqx.filter(m, eqx.is_inexact_array) for m in models])
-    jaxpr = eqx.filter_make_jaxpr(_ensemble_program)((setup.args, y0s, flow, False, None, "log"))[0].jaxpr
+    jaxpr = eqx.filter_make_jaxpr(_ensemble_program)((setup.args, y0s, flow, False, None, "log", None))[0].jaxpr
     # Rodas5P's LU factorisation runs only inside the switch's `cond`.
     assert "lu" not in _primitives_outside_cond(jaxpr)
 
@@ -152,7 +165,7 @@ def test_linear_clock_completion_members_switch_to_the_gauss_newton_w_method():
     setup = prepare(flow, models[0], 1e6, **{k: v for k, v in kw.items() if k != "t1"}, log_t1=None,
                     t0=0.0, solver="auto", dt0=None, progress=False, max_steps=10_000, error_norm="auto")
     y0s = fs.ensemble.stack([eqx.filter(m, eqx.is_inexact_array) for m in models])
-    jaxpr = eqx.filter_make_jaxpr(_ensemble_program)((setup.args, y0s, flow, False, None, "linear"))[0].jaxpr
+    jaxpr = eqx.filter_make_jaxpr(_ensemble_program)((setup.args, y0s, flow, False, None, "linear", None))[0].jaxpr
     assert "cholesky" in str(jaxpr)  # the W-method is in the program: inside the cond
     assert "cholesky" not in _primitives_outside_cond(jaxpr)
 
@@ -229,13 +242,18 @@ _SHARDED = textwrap.dedent(
     kw = dict(t1=10.0, solver="tsit5", rtol=1e-9, atol=1e-11, metrics=("loss",), saveat=fs.SaveAt(num=8))
     sharded = fs.ensemble.solve(flow, models, **kw)
     unsharded = fs.ensemble.solve(flow, models, shard=False, **kw)
-    singles = np.stack([fs.solve(flow, m, **kw).metrics["loss"] for m in models])
+    singles = [fs.solve(flow, m, **kw) for m in models]
+    chunked = fs.ensemble.solve(flow, models, batch_size=1, **kw)  # one member at a time on each device
+    steps = np.array([s.stats["num_steps"] for s in singles])
+    singles = np.stack([s.metrics["loss"] for s in singles])
     d_sharded = fs.ensemble.descend(problem, models, lr=0.5, steps=100, metrics=("loss",))
     d_single = np.stack([fs.descend(problem, m, lr=0.5, steps=100, metrics=("loss",)).metrics["loss"] for m in models])
     json.dump({
         "devices": sharded.stats["num_devices"],
         "sharded_vs_unsharded": float(np.max(np.abs(sharded.metrics["loss"] - unsharded.metrics["loss"]))),
         "sharded_vs_singles": float(np.max(np.abs(sharded.metrics["loss"] - singles))),
+        "chunks_vs_singles": float(np.max(np.abs(chunked.metrics["loss"] - singles))),
+        "chunks_steps_equal": bool(np.array_equal(chunked.stats["num_steps"], steps)),
         "descend_sharded_vs_singles": float(np.max(np.abs(d_sharded.metrics["loss"] - d_single))),
         "members": sharded.num_members,
     }, sys.stdout)
@@ -245,7 +263,7 @@ _SHARDED = textwrap.dedent(
 
 def test_sharded_over_four_host_devices():
     """The member axis sharded over 4 (forced) CPU devices gives the unsharded and
-    the member-by-member answers."""
+    the member-by-member answers, all at once and one member at a time per device."""
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
     proc = subprocess.run([sys.executable, "-c", _SHARDED], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -253,4 +271,7 @@ def test_sharded_over_four_host_devices():
     assert res["devices"] == 4 and res["members"] == 6  # 6 members padded to 8 over 4 devices
     assert res["sharded_vs_unsharded"] <= 1e-12
     assert res["sharded_vs_singles"] <= 1e-12
+    # Each device runs its own loop (`shard_map`): one member at a time on each, a
+    # member takes its own step count.
+    assert res["chunks_vs_singles"] <= 1e-12 and res["chunks_steps_equal"]
     assert res["descend_sharded_vs_singles"] <= 1e-12

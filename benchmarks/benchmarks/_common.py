@@ -33,6 +33,19 @@ def enable_x64() -> None:
     jax.config.update("jax_enable_x64", True)
 
 
+def use_cpu_devices(n: int) -> None:
+    """Make JAX see the CPU as `n` devices (one per core), for the sharded ensemble
+    cases. asv starts every benchmark in a fresh interpreter (`"launch_method":
+    "spawn"`), so this runs before JAX does; where it cannot (JAX already running
+    with another count, or not on a CPU), the case is skipped."""
+    try:
+        jax.config.update("jax_num_cpu_devices", n)
+    except RuntimeError as err:  # backends already initialised
+        raise NotImplementedError(f"cannot make {n} CPU devices here: {err}") from None
+    if jax.devices()[0].platform != "cpu" or len(jax.devices()) != n:
+        raise NotImplementedError(f"wanted {n} CPU devices, JAX has {jax.devices()}")
+
+
 def two_layer_problem(p: int, *, n: int = N_TRAIN, seed: int = 0) -> fs.Problem:
     """Logistic regression with a two-layer mean-field ReLU network on the 2-D
     clusters data (with a bias coordinate), sized to `p` parameters."""

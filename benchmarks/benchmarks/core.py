@@ -6,6 +6,7 @@ Every `setup` builds its inputs, enables float64 and runs the call once, so the
 """
 
 import math
+import time
 
 import diffrax
 import equinox as eqx
@@ -16,7 +17,7 @@ import jax.random as jr
 
 import flowsolve as fs
 
-from ._common import count_vf_evals, enable_x64
+from ._common import count_vf_evals, enable_x64, use_cpu_devices
 
 
 def _svm_problem():
@@ -91,36 +92,83 @@ class DescendVsForiLoop:
         jax.block_until_ready(self.loop())
 
 
+def _ensemble_case(width):
+    """256 two-layer tanh networks (1/√m scaling) on the 2-D clusters data, n = 20
+    (width 16) or 50 (width 50), t1 = 10, Tsit5, rtol 1e-6, the loss at 20 points."""
+    enable_x64()
+    X, y = fs.datasets.two_d_nonlinear(n=20 if width == 16 else 50, kind="clusters", seed=0)
+    models = [fs.models.TwoLayer(X.shape[1], width, key=jr.key(i), activation="tanh", scaling="ntk")
+              for i in range(256)]
+    flow = fs.GradientFlow(fs.Problem(models[0], fs.losses.Logistic(), X, y))
+    kw = dict(t1=10.0, solver="tsit5", rtol=1e-6, atol=1e-8, metrics=("loss",), saveat=fs.SaveAt(num=20))
+    return models, flow, kw
+
+
 class Ensemble:
-    """256 two-layer-network gradient flows (tanh, n = 20 or 50): one
-    `fs.ensemble.solve` (default `batch_size="auto"`, here all members at once; and
-    in vmapped chunks of 64) against a Python loop of single (compiled, reused)
-    `fs.solve` calls and a hand-written `jax.vmap` of `diffrax.diffeqsolve` saving
-    the same metric at the same points (`scripts/ensemble_throughput.py` has the
-    breakdown)."""
+    """`fs.ensemble.solve` of 256 two-layer-network gradient flows (`_ensemble_case`)
+    with JAX seeing the CPU as 1 or 2 devices (one per core of a 2-core machine;
+    members sharded over them, each device running its own loop): the default
+    `batch_size="auto"` (chunks of at most 32 members per device) and all of a
+    device's members at once. `EnsembleBaselines` times what it replaces;
+    `scripts/ensemble_throughput.py` has the breakdown."""
+
+    params = [[16, 50], [1, 2]]
+    param_names = ["width", "cpu_devices"]
+    timeout = 600
+
+    def setup(self, width, cpu_devices):
+        use_cpu_devices(cpu_devices)
+        self.models, self.flow, self.kw = _ensemble_case(width)
+        fs.ensemble.solve(self.flow, self.models, **self.kw)
+        fs.ensemble.solve(self.flow, self.models, batch_size=None, **self.kw)
+        fs.solve(self.flow, self.models[0], **self.kw)
+
+    def time_ensemble(self, width, cpu_devices):
+        fs.ensemble.solve(self.flow, self.models, **self.kw)
+
+    def time_ensemble_all_at_once(self, width, cpu_devices):
+        fs.ensemble.solve(self.flow, self.models, batch_size=None, **self.kw)
+
+    def track_ensemble_flows_per_second(self, width, cpu_devices):
+        sol = fs.ensemble.solve(self.flow, self.models, **self.kw)
+        return len(self.models) / max(sol.stats["wall_time"], math.ulp(1.0))
+
+    track_ensemble_flows_per_second.unit = "flows/s"
+
+    def track_speedup_over_python_loop(self, width, cpu_devices):
+        """Whole `fs.ensemble.solve` calls against a loop of `fs.solve` over 64 of
+        the members (scaled to 256), min of 3 each, interleaved."""
+        ens, loop = [], []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            fs.ensemble.solve(self.flow, self.models, **self.kw)
+            ens.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            for m in self.models[:64]:
+                fs.solve(self.flow, m, **self.kw)
+            loop.append((time.perf_counter() - t0) * len(self.models) / 64)
+        return min(loop) / min(ens)
+
+    track_speedup_over_python_loop.unit = "×"
+
+
+class EnsembleBaselines:
+    """What `Ensemble` replaces, on one CPU device: a Python loop of single
+    (compiled, reused) `fs.solve` calls, and a hand-written `jax.vmap` of
+    `diffrax.diffeqsolve` saving the same metric at the same points."""
 
     params = [[16, 50]]
     param_names = ["width"]
-    members = 256
     timeout = 600
 
     def setup(self, width):
-        enable_x64()
-        X, y = fs.datasets.two_d_nonlinear(n=20 if width == 16 else 50, kind="clusters", seed=0)
-        self.models = [fs.models.TwoLayer(X.shape[1], width, key=jr.key(i), activation="tanh", scaling="ntk")
-                       for i in range(self.members)]
-        problem = fs.Problem(self.models[0], fs.losses.Logistic(), X, y)
-        self.flow = fs.GradientFlow(problem)
-        saveat = fs.SaveAt(num=20)
-        self.kw = dict(t1=10.0, solver="tsit5", rtol=1e-6, atol=1e-8, metrics=("loss",), saveat=saveat)
-        fs.ensemble.solve(self.flow, self.models, **self.kw)
-        fs.ensemble.solve(self.flow, self.models, batch_size=64, **self.kw)
+        self.models, self.flow, self.kw = _ensemble_case(width)
         fs.solve(self.flow, self.models[0], **self.kw)
 
         params = [eqx.filter(m, eqx.is_inexact_array) for m in self.models]
         static = eqx.partition(self.models[0], eqx.is_inexact_array)[1]
         self.stacked = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *params)
-        save_points = jnp.asarray(saveat.clock_points(0.0, 10.0, "linear"))
+        save_points = jnp.asarray(self.kw["saveat"].clock_points(0.0, 10.0, "linear"))
         flow = self.flow
 
         @jax.jit
@@ -137,21 +185,9 @@ class Ensemble:
         self.hand = hand
         jax.block_until_ready(self.hand(self.stacked))
 
-    def time_ensemble(self, width):
-        fs.ensemble.solve(self.flow, self.models, **self.kw)
-
-    def time_ensemble_chunks_of_64(self, width):
-        fs.ensemble.solve(self.flow, self.models, batch_size=64, **self.kw)
-
     def time_python_loop(self, width):
         for m in self.models:
             fs.solve(self.flow, m, **self.kw)
 
     def time_hand_written_vmap(self, width):
         jax.block_until_ready(self.hand(self.stacked))
-
-    def track_ensemble_flows_per_second(self, width):
-        sol = fs.ensemble.solve(self.flow, self.models, **self.kw)
-        return self.members / max(sol.stats["wall_time"], math.ulp(1.0))
-
-    track_ensemble_flows_per_second.unit = "flows/s"
