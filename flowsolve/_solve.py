@@ -1,5 +1,6 @@
 import collections
 import dataclasses
+import functools
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -59,7 +60,7 @@ def _check_float(name: str, value, *, positive: bool = True) -> float:
 
 def check_initial_model(problem, model) -> eqx.Module:
     """θ0 must have the structure and shapes of the problem's model."""
-    if model is None:
+    if model is None or model is problem.model:
         return problem.model
     ref = eqx.filter(problem.model, eqx.is_inexact_array)
     got = eqx.filter(model, eqx.is_inexact_array)
@@ -341,6 +342,18 @@ class Setup:
 _SOLVERS: "collections.OrderedDict[Any, tuple]" = collections.OrderedDict()
 
 
+@functools.lru_cache(maxsize=64)
+def _controller(rtol: float, atol: float, normwise: bool, dtype: np.dtype) -> CollapseGuard:
+    """The step-size controller, built once per tolerances (an immutable module:
+    building it took a sixth of a warm call's set-up). NumPy tolerances, not
+    jnp.asarray: each jnp.asarray is a device dispatch (~25 µs), while NumPy inputs
+    go to the device with the executable's other arguments."""
+    return CollapseGuard(
+        diffrax.PIDController(rtol=np.asarray(rtol, dtype), atol=np.asarray(atol, dtype)),
+        normwise=normwise,
+    )
+
+
 def _resolve_solver_cached(solver, **kwargs) -> tuple[diffrax.AbstractSolver, str]:
     if not isinstance(solver, str):
         return resolve_solver(solver, **kwargs)
@@ -396,14 +409,10 @@ def prepare(
         smooth=bool(getattr(model, "smooth", True)),
         gauss_newton_n=gauss_newton_size(flow, num_params),
     )
-    # NumPy, not jnp.asarray: each jnp.asarray is a device dispatch (~25 µs), while
-    # NumPy inputs go to the device with the executable's other arguments.
+    # NumPy, not jnp.asarray, for the inputs below (see `_controller`).
     float_dtype = np.dtype(jnp.result_type(float))
     if is_adaptive(dsolver):
-        controller = CollapseGuard(
-            diffrax.PIDController(rtol=np.asarray(rtol, float_dtype), atol=np.asarray(atol, float_dtype)),
-            normwise=normwise,
-        )
+        controller = _controller(rtol, atol, normwise, float_dtype)
         dt0_arr = None if dt0 is None else np.asarray(_check_float("dt0", dt0), float_dtype)
     else:
         if dt0 is None:
