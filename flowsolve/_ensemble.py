@@ -2,6 +2,8 @@
 over flows that differ in their arrays: damping, data), sharded over devices."""
 
 import dataclasses
+import os
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 
 import diffrax
@@ -118,6 +120,29 @@ _MESH_AXIS = "devices"
 def _mesh():
     devices = jax.devices()
     return Mesh(np.array(devices), (_MESH_AXIS,)) if len(devices) > 1 else None
+
+
+#: Ensembles at least this large hint, once per process, that a multi-core CPU
+#: seen as one device leaves cores idle.
+_HINT_MIN_MEMBERS = 64
+_hinted = False
+
+
+def _hint_cpu_devices(m: int) -> None:
+    global _hinted
+    cores = os.cpu_count() or 1
+    devices = jax.devices()
+    if _hinted or m < _HINT_MIN_MEMBERS or cores < 2 or len(devices) > 1 or devices[0].platform != "cpu":
+        return
+    _hinted = True
+    warnings.warn(
+        f"JAX sees this {cores}-core CPU as one device, so the {m} members are solved on "
+        f"one core. To shard them over all cores, run "
+        f"`jax.config.update(\"jax_num_cpu_devices\", {cores})` before JAX first runs "
+        "(e.g. right after importing jax); 256 small networks on 2 cores solved 1.6× "
+        "faster. This is said once per process.",
+        stacklevel=3,
+    )
 
 
 def _pad_and_shard(tree, m: int, m_pad: int, mesh):
@@ -303,6 +328,8 @@ def solve(
     ):
         raise ValueError(f"`batch_size` must be a positive integer, None or 'auto', got {batch_size!r}.")
     mesh = _mesh() if shard else None
+    if shard:
+        _hint_cpu_devices(m)
     n_dev = 1 if mesh is None else mesh.size
     if batch_size == "auto":
         batch_size = _auto_batch_size(flow0.problem.model, n_dev, m)
