@@ -3,6 +3,7 @@ over flows that differ in their arrays: damping, data), sharded over devices."""
 
 import dataclasses
 import os
+import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 
@@ -14,7 +15,7 @@ import jax.tree_util as jtu
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from ._compile import compile_and_run
+from ._compile import abstract_key, compile_and_run
 from ._descend import prepare_descent, run_descent_chunks
 from ._flow import AbstractFlow
 from ._models import AbstractModel
@@ -207,7 +208,7 @@ _AXIS = "members"
 
 
 def _ensemble_program(ens):
-    args, y0s, flows, stacked_flows, batch_size, clock, mesh = ens
+    args, y0s, flows, stacked_flows, batch_size, clock, mesh, per_device_loop = ens
     if isinstance(args[1], AutoSwitch):
         args = (args[0], dataclasses.replace(args[1], axis_name=_AXIS), *args[2:])
 
@@ -224,31 +225,68 @@ def _ensemble_program(ens):
     )
     dyn, static = eqx.partition((y0s, flows if stacked_flows else None), eqx.is_array)
 
-    def local(dyn):
-        # The members on one device: all at once, or in chunks of `batch_size` one
-        # after the other (lax.map): a chunk ends with its slowest member, not with
-        # the slowest member of the whole ensemble.
-        if batch_size is None:
+    def chunks(dyn, size, strided):
+        # All at once, or in chunks of `size` one after the other (lax.map): a chunk
+        # ends with its slowest member, not with the slowest member of the whole
+        # ensemble. `strided`: chunk c holds members c, c + C, c + 2C, ... (C
+        # chunks), so that each chunk of a member axis sharded in contiguous blocks
+        # keeps members on every device.
+        if size is None:
             y, f = eqx.combine(dyn, static)
             return fn(y, f if stacked_flows else flows)
         m = jtu.tree_leaves(dyn)[0].shape[0]
-        chunked = jtu.tree_map(lambda x: x.reshape(m // batch_size, batch_size, *x.shape[1:]), dyn)
+        if strided:
+            split = lambda x: x.reshape(size, m // size, *x.shape[1:]).swapaxes(0, 1)
+            merge = lambda x: x.swapaxes(0, 1).reshape(m, *x.shape[2:])
+        else:
+            split = lambda x: x.reshape(m // size, size, *x.shape[1:])
+            merge = lambda x: x.reshape(m, *x.shape[2:])
 
         def run_chunk(d):
             y, f = eqx.combine(d, static)
             return fn(y, f if stacked_flows else flows)
 
-        out = jax.lax.map(run_chunk, chunked)
-        return jtu.tree_map(lambda x: x.reshape(m, *x.shape[2:]), out)
+        return jtu.tree_map(merge, jax.lax.map(run_chunk, jtu.tree_map(split, dyn)))
 
     if mesh is None:
-        return local(dyn)
-    # Each device solves its own members with its own loop (`shard_map`): under a
-    # plain sharded `vmap` the adaptive loop's stopping test and every step would be
-    # agreed across devices, and all of them would run until the slowest member
-    # anywhere had finished.
+        return chunks(dyn, batch_size, False)
+    if not per_device_loop:
+        # A sharded `vmap`: the adaptive loop's stopping test and each step are
+        # agreed across devices, which all run until the slowest member anywhere has
+        # finished. `batch_size` members per device make a chunk.
+        size = None if batch_size is None else batch_size * mesh.size
+        return chunks(dyn, size, True)
+    # Each device solves its own members with its own loop (`shard_map`).
     spec = PartitionSpec(_MESH_AXIS)
+    local = lambda d: chunks(d, batch_size, False)
     return jax.shard_map(local, mesh=mesh, in_specs=(spec,), out_specs=spec, check_vma=False)(dyn)
+
+
+#: Ensemble programs (by abstract key) that could not run one loop per device.
+_NO_PER_DEVICE_LOOP: set = set()
+
+
+def _run_ensemble(ens):
+    """Compile and run the ensemble program, with one loop per device where it
+    traces. lineax checks that a linear operator's structure matches its vector's,
+    and inside `shard_map` one of them carries the device mesh and the other not
+    (diffrax's implicit solvers, e.g. Kvaerno5, and matrix-free CG natural
+    gradients fail so): such programs fall back to a sharded `vmap`, and the choice
+    is remembered. Returns `(out, compile_time, wall_time, per_device_loop)`."""
+    *head, mesh, _ = ens
+    key = abstract_key(ens)
+    if mesh is not None and (key is None or key not in _NO_PER_DEVICE_LOOP):
+        t0 = time.perf_counter()
+        try:
+            return (*compile_and_run("ensemble.solve", _ensemble_program, (*head, mesh, True)), True)
+        except ValueError:
+            if key is not None:
+                _NO_PER_DEVICE_LOOP.add(key)
+            failed = time.perf_counter() - t0
+        out, compile_time, wall_time = compile_and_run("ensemble.solve", _ensemble_program, (*head, mesh, False))
+        return out, compile_time + failed, wall_time, False
+    out, compile_time, wall_time = compile_and_run("ensemble.solve", _ensemble_program, (*head, mesh, False))
+    return out, compile_time, wall_time, mesh is None
 
 
 def solve(
@@ -294,7 +332,9 @@ def solve(
         `info["batch_size"]` reports the choice.
     - `shard`: place the member axis across all devices (`jax.sharding`; a no-op on
         one device); each device solves its members with its own loop
-        (`jax.shard_map`). The same call runs on one CPU, several GPUs, or several
+        (`jax.shard_map`; where the program cannot trace there, e.g. with diffrax's
+        implicit solvers, a sharded `vmap` whose devices step together:
+        `info["per_device_loop"]` says which). The same call runs on one CPU, several GPUs, or several
         hosts under `jax.distributed`. JAX sees a CPU as one device: to solve on all
         its cores, ask for one device per core before JAX first runs, e.g.
         `jax.config.update("jax_num_cpu_devices", os.cpu_count())`.
@@ -341,10 +381,12 @@ def solve(
     y0s = _pad_and_shard(eqx.filter(y_stacked, eqx.is_inexact_array), m, m_pad, mesh)
     if stacked_flows:
         flows = _pad_and_shard(flows, m, m_pad, mesh)
-    ens = (setup.args, y0s, flows, stacked_flows, batch_size, setup.clock, mesh)
-    out, compile_time, wall_time = compile_and_run("ensemble.solve", _ensemble_program, ens)
+    ens = (setup.args, y0s, flows, stacked_flows, batch_size, setup.clock, mesh, True)
+    out, compile_time, wall_time, per_device_loop = _run_ensemble(ens)
     out = jtu.tree_map(lambda x: np.asarray(x)[:m], out)
-    return _finish_ensemble(setup, out, m, compile_time, wall_time, flow if stacked_flows else None, batch_size)
+    return _finish_ensemble(
+        setup, out, m, compile_time, wall_time, flow if stacked_flows else None, batch_size, per_device_loop
+    )
 
 
 def _one_after_another(setup, y_stacked, flows, m: int):
@@ -369,7 +411,9 @@ def _one_after_another(setup, y_stacked, flows, m: int):
     return jtu.tree_map(lambda *xs: np.stack(xs), *outs), compile_time, wall_time
 
 
-def _finish_ensemble(setup, out, m, compile_time, wall_time, member_flows, batch_size) -> Trajectory:
+def _finish_ensemble(
+    setup, out, m, compile_time, wall_time, member_flows, batch_size, per_device_loop=True
+) -> Trajectory:
     names, static, clock = setup.names, setup.static, setup.clock
     s_save = np.asarray(setup.args[7])
     t_final = out["t_final"]  # (M,)
@@ -414,7 +458,7 @@ def _finish_ensemble(setup, out, m, compile_time, wall_time, member_flows, batch
     params = None
     if params_hist is not None:
         params = eqx.combine(jtu.tree_map(mask, params_hist), static)
-    info = {**setup.info, "kind": "ensemble-flow", "batch_size": batch_size}
+    info = {**setup.info, "kind": "ensemble-flow", "batch_size": batch_size, "per_device_loop": per_device_loop}
     if "stiff" in out:
         # Per member: log t of the last switch to the implicit method, NaN where it never
         # came or was undone; and how many switches there were.

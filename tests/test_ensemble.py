@@ -251,6 +251,15 @@ _SHARDED = textwrap.dedent(
     kw_ngf = dict(t1=2.0, solver="tsit5", rtol=1e-9, atol=1e-11, metrics=("loss",), saveat=fs.SaveAt(num=4))
     ngf_sharded = fs.ensemble.solve(ngfs, models, batch_size=2, **kw_ngf)
     ngf_singles = np.stack([fs.solve(f, m, **kw_ngf).metrics["loss"] for f, m in zip(ngfs, models)])
+    # Kvaerno5 goes through lineax, whose structure checks fail inside shard_map:
+    # the ensemble falls back to a sharded vmap.
+    Xl, yl = fs.datasets.separable_gaussian(n=40, d=5, seed=0)
+    lins = [fs.models.Linear(5, key=jr.key(i)) for i in range(6)]
+    lin_flow = fs.GradientFlow(fs.Problem(lins[0], fs.losses.Logistic(), Xl, yl))
+    kw_k = dict(log_t1=20.0, clock="log", solver="kvaerno5", rtol=1e-8, atol=1e-11, metrics=("loss",),
+                saveat=fs.SaveAt(num=4))
+    kv = fs.ensemble.solve(lin_flow, lins, batch_size=1, **kw_k)
+    kv_singles = np.stack([fs.solve(lin_flow, m, **kw_k).metrics["loss"] for m in lins])
     d_sharded = fs.ensemble.descend(problem, models, lr=0.5, steps=100, metrics=("loss",))
     d_single = np.stack([fs.descend(problem, m, lr=0.5, steps=100, metrics=("loss",)).metrics["loss"] for m in models])
     json.dump({
@@ -260,6 +269,8 @@ _SHARDED = textwrap.dedent(
         "chunks_vs_singles": float(np.max(np.abs(chunked.metrics["loss"] - singles))),
         "chunks_steps_equal": bool(np.array_equal(chunked.stats["num_steps"], steps)),
         "flows_chunks_vs_singles": float(np.max(np.abs(ngf_sharded.metrics["loss"] - ngf_singles))),
+        "per_device_loop": [sharded.info["per_device_loop"], kv.info["per_device_loop"]],
+        "kvaerno_vs_singles": float(np.max(np.abs(kv.metrics["loss"] - kv_singles) / kv_singles)),
         "descend_sharded_vs_singles": float(np.max(np.abs(d_sharded.metrics["loss"] - d_single))),
         "members": sharded.num_members,
     }, sys.stdout)
@@ -271,7 +282,7 @@ def test_sharded_over_four_host_devices():
     """The member axis sharded over 4 (forced) CPU devices gives the unsharded and
     the member-by-member answers, all at once and one member at a time per device;
     and so do per-member flows in chunks. Tolerance 1e-12 on losses of order 0.1–1:
-    the same arithmetic, batched differently (measured ≤ 1e-14)."""
+    the same arithmetic, batched differently (measured ≤ 3e-14)."""
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
     proc = subprocess.run([sys.executable, "-c", _SHARDED], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -284,6 +295,10 @@ def test_sharded_over_four_host_devices():
     assert res["chunks_vs_singles"] <= 1e-12 and res["chunks_steps_equal"]
     # Flows that differ per member (NGF damping 1e-1 … 1e-6), chunks of 2 per device.
     assert res["flows_chunks_vs_singles"] <= 1e-12
+    # Kvaerno5 falls back to a sharded vmap (its losses reach ~1e-9: compared
+    # relatively, same bound).
+    assert res["per_device_loop"] == [True, False]
+    assert res["kvaerno_vs_singles"] <= 1e-12
     assert res["descend_sharded_vs_singles"] <= 1e-12
 
 
