@@ -171,6 +171,36 @@ def test_grad_of_all_models_is_finite_at_zero_weights():
     assert np.all(np.isfinite(g))
 
 
+def _jacobian_gram(model, X):
+    """J Jᵀ from reverse-mode autodiff: the reference for the closed forms."""
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    J = jax.jacrev(lambda p: eqx.combine(p, static).predict_batch(X))(params)
+    J = jnp.concatenate([j.reshape(X.shape[0], -1) for j in jax.tree_util.tree_leaves(J)], axis=1)
+    return J @ J.T
+
+
+@pytest.mark.parametrize("case", ["linear", "diagonal2", "diagonal3-zeros", "deep1", "deep2", "deep3"])
+def test_linear_family_gram_is_the_tangent_kernel(case, getkey):
+    # The closed forms against J Jᵀ from autodiff, at random (not initial) weights;
+    # the depth-3 diagonal network has exact zeros in u (the leave-one-out products
+    # must not divide).
+    X = jr.normal(getkey(), (6, 4))
+    if case == "linear":
+        model = fs.models.Linear(4, key=getkey(), init_scale=1.0)
+    elif case.startswith("diagonal"):
+        depth = int(case[8])
+        model = fs.models.DiagonalLinear(4, depth=depth)
+        u = jr.normal(getkey(), (depth, 4))
+        if case.endswith("zeros"):
+            u = u.at[1, 2].set(0.0).at[0, 0].set(0.0)
+        model = eqx.tree_at(lambda m: (m.u, m.v), model, (u, jr.normal(getkey(), (depth, 4))))
+    else:
+        model = fs.models.DeepLinear(4, depth=int(case[4]), width=3, key=getkey(), init_scale=0.8)
+    ref = _jacobian_gram(model, X)
+    # Sums of a few O(1)–O(10) products: rounding is ~1e-15 relative.
+    assert jnp.max(jnp.abs(model.gram(X) - ref)) <= 1e-12 * jnp.max(jnp.abs(ref))
+
+
 @pytest.mark.parametrize("depth, widths", [(1, None), (2, [5]), (3, [4, 6])])
 def test_matrix_factorization_gram_is_the_tangent_kernel(depth, widths, getkey):
     # The closed-form Gram matrix against J Jᵀ from reverse-mode autodiff, for

@@ -81,6 +81,12 @@ def test_auto_rule():
     assert fs.NaturalGradientFlow(small).solve == "dense"  # p = 3 ≤ n = 20
     wide = fs.Problem(fs.models.TwoLayer(3, 50, key=jr.key(0)), fs.losses.Logistic(), X, y)
     assert fs.NaturalGradientFlow(wide).solve == "gram"  # p = 200 > n
+    # Past the 2 GiB Jacobian budget (n·p·8 = 2.4 GiB): a closed-form Gram matrix
+    # (400 × 400) still fits, per-sample gradients would not.
+    from flowsolve._flow.natural import choose_solve
+
+    assert choose_solve(400, 800_000, 8, closed_form_gram=True) == "gram"
+    assert choose_solve(400, 800_000, 8) == "cg"
 
 
 def test_direction_is_vmappable():

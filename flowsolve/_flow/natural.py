@@ -186,13 +186,15 @@ def per_sample_jacobian(static, unravel, theta: Array, X: Array) -> Array:
     return jax.vmap(jax.grad(single), in_axes=(None, 0))(theta, X)
 
 
-def choose_solve(n: int, p: int, itemsize: int = 8) -> str:
+def choose_solve(n: int, p: int, itemsize: int = 8, closed_form_gram: bool = False) -> str:
     """The `"auto"` rule: `"dense"` when p ≤ n (the p×p Fisher is the smaller
-    system), else `"gram"` while the n×p Jacobian fits in `AUTO_MEMORY_BUDGET`,
-    else matrix-free `"cg"`."""
+    system), else `"gram"` while the n×p Jacobian fits in `AUTO_MEMORY_BUDGET` (or
+    the model forms the n×n Gram matrix in closed form and that fits), else
+    matrix-free `"cg"`."""
     if p <= n and p * p * itemsize <= AUTO_MEMORY_BUDGET:
         return "dense"
-    if n * p * itemsize + n * n * itemsize <= AUTO_MEMORY_BUDGET:
+    jacobian = 0 if closed_form_gram else n * p * itemsize
+    if jacobian + n * n * itemsize <= AUTO_MEMORY_BUDGET:
         return "gram"
     return "cg"
 
@@ -215,14 +217,16 @@ class NaturalGradientFlow(AbstractFlow):
 
     - `problem`: the `fs.Problem`.
     - `solve`: how the linear system is solved:
-        - `"gram"`: the n×n Gram/NTK system $JJ^\top$ from per-sample gradients
-          (exact, $O(n^2 p + n^3)$; for n < p), rank-deficient Jacobians included;
+        - `"gram"`: the n×n Gram/NTK system $JJ^\top$ from per-sample gradients,
+          or from the model's closed form (`model.gram`) where it has one (exact,
+          $O(n^2 p + n^3)$; for n < p), rank-deficient Jacobians included;
         - `"dense"`: the p×p Fisher (for p ≤ n);
         - `"cg"`: matrix-free conjugate gradients on the Gram system with
           JVP∘VJP products (large p); where the Jacobian is rank-deficient it falls
           back to CG on the p-space normal equations (minimum-norm from 0);
         - `"auto"` (default): `"dense"` if p ≤ n, else `"gram"` while the n×p
-          Jacobian fits in 2 GiB, else `"cg"`.
+          Jacobian fits in 2 GiB (with a closed-form `model.gram`: while the n×n
+          matrix does), else `"cg"`.
     - `damping`: λ ≥ 0.
     - `fisher`: `"gauss-newton"` (default; for logistic, exponential and squared
         losses this is the Fisher of the model's predictive distribution) or
@@ -269,7 +273,7 @@ class NaturalGradientFlow(AbstractFlow):
         n = problem.n
         itemsize = jnp.dtype(jnp.result_type(float)).itemsize
         if solve == "auto":
-            solve = choose_solve(n, p, itemsize)
+            solve = choose_solve(n, p, itemsize, _has_gram(problem.model))
         if solve == "dense" and p * p * itemsize > DENSE_MEMORY_LIMIT:
             raise ValueError(
                 f"solve='dense' would form a {p}×{p} Fisher matrix "

@@ -86,6 +86,24 @@ class DeepLinear(AbstractModel):
             w = w @ layer
         return w
 
+    def gram(self, X: Array) -> Array:
+        r"""$JJ^\top$ in closed form: the gradient of $f(x)$ in $W_j$ is
+        $r_j^\top (P_j x)^\top$ with $P_j = W_{j-1}\cdots W_1$ and the row
+        $r_j = W_D \cdots W_{j+1}$, so $JJ^\top = \sum_j \|r_j\|^2\,(XP_j^\top)(XP_j^\top)^\top$:
+        $O(D(n\,d\,w + n^2 w + w^2))$ for width $w$, without the $n \times p$ Jacobian."""
+        depth = len(self.layers)
+        rows = [None] * depth
+        r = jnp.ones((1,), dtype=self.layers[-1].dtype)
+        for j in reversed(range(depth)):
+            rows[j] = r
+            r = r @ self.layers[j]
+        G = jnp.zeros((X.shape[0], X.shape[0]), dtype=jnp.result_type(X, r))
+        A = X
+        for row, w in zip(rows, self.layers):
+            G = G + jnp.sum(row**2) * (A @ A.T)
+            A = A @ w.T
+        return G
+
     def balancedness(self) -> tuple[Array, ...]:
         r"""$W_{j+1}^\top W_{j+1} - W_j W_j^\top$ for $j = 1, \dots, D-1$."""
         return _balancedness(self.layers)

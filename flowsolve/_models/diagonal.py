@@ -81,6 +81,15 @@ class DiagonalLinear(AbstractModel):
     def end_to_end(self) -> Array:
         return jnp.prod(self.u, axis=0) - jnp.prod(self.v, axis=0)
 
+    def gram(self, X: Array) -> Array:
+        r"""$JJ^\top = X\,\mathrm{diag}(c)\,X^\top$ in closed form, with
+        $c_k = \sum_j \big(\prod_{i \ne j} u_{ik}\big)^2 + \sum_j \big(\prod_{i \ne j}
+        v_{ik}\big)^2$ (since $\partial f/\partial u_{jk} = x_k \prod_{i\ne j} u_{ik}$):
+        $O(n^2 d + D d)$. The products leaving one layer out are prefix × suffix
+        products, so zero entries need no division."""
+        c = jnp.sum(_leave_one_out_products(self.u) ** 2 + _leave_one_out_products(self.v) ** 2, axis=0)
+        return (X * c) @ X.T
+
     def conserved_quantities(self) -> Array:
         du = self.u[1:] ** 2 - self.u[:-1] ** 2
         dv = self.v[1:] ** 2 - self.v[:-1] ** 2
@@ -88,3 +97,11 @@ class DiagonalLinear(AbstractModel):
 
     def conserved_scale(self) -> Array:
         return jnp.maximum(jnp.max(self.u**2), jnp.max(self.v**2))
+
+
+def _leave_one_out_products(P: Array) -> Array:
+    """Row j: the elementwise product of all rows of `P` but row j."""
+    ones = jnp.ones_like(P[:1])
+    before = jnp.cumprod(jnp.concatenate([ones, P[:-1]]), axis=0)
+    after = jnp.cumprod(jnp.concatenate([ones, P[:0:-1]]), axis=0)[::-1]
+    return before * after

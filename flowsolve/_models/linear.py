@@ -50,3 +50,7 @@ class Linear(AbstractModel):
 
     def end_to_end(self) -> Array:
         return self.weight
+
+    def gram(self, X: Array) -> Array:
+        r"""$JJ^\top = XX^\top$: the Jacobian of the predictions is $X$."""
+        return X @ X.T
