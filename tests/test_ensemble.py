@@ -321,3 +321,41 @@ def test_large_ensemble_on_one_cpu_device_hints_once_at_the_cores(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         _ensemble._hint_cpu_devices(256)  # once per process
+
+
+@_ON_CPU
+def test_interrupted_one_after_another_keeps_the_members_solved(monkeypatch):
+    """A KeyboardInterrupt during the third member's solve: the first two are
+    returned as `fs.solve` gives them (bitwise), the rest marked interrupted and
+    left at θ0 with no save point reached."""
+    from flowsolve import _ensemble
+
+    X, y = fs.datasets.two_d_nonlinear(n=20, kind="clusters", seed=0)
+    models = [fs.models.TwoLayer(X.shape[1], 8, key=jr.key(i), activation="relu", scaling="ntk") for i in range(5)]
+    flow = fs.GradientFlow(fs.Problem(models[0], fs.losses.Logistic(), X, y))
+    kw = dict(t1=2.0, solver="tsit5", rtol=1e-6, atol=1e-8, metrics=("loss",), saveat=fs.SaveAt(num=5))
+    singles = [fs.solve(flow, m, **kw) for m in models[:2]]
+    real, calls = _ensemble.compile_and_run, []
+
+    def interrupt_third(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(_ensemble, "compile_and_run", interrupt_third)
+    ens = fs.ensemble.solve(flow, models, shard=False, **kw)
+    assert ens.info["batch_size"] == 1 and ens.num_members == 5
+    assert ens.results[:2] == (fs.RESULTS.successful,) * 2
+    assert ens.results[2:] == (fs.RESULTS.interrupted,) * 3 and ens.result is fs.RESULTS.interrupted
+    for i, single in enumerate(singles):
+        np.testing.assert_array_equal(ens[i].metrics["loss"], single.metrics["loss"])
+        np.testing.assert_array_equal(ens[i].final.hidden, single.final.hidden)
+    for i in range(2, 5):
+        assert np.all(np.isnan(ens.metrics["loss"][i])) and ens.stats["num_steps"][i] == 0
+        np.testing.assert_array_equal(ens[i].final.hidden, models[i].hidden)
+    # Nothing solved yet: the interrupt propagates.
+    calls.clear()
+    monkeypatch.setattr(_ensemble, "compile_and_run", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        fs.ensemble.solve(flow, models, shard=False, **kw)
