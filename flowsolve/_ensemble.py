@@ -1,6 +1,7 @@
 """Many flows in one compiled solve: `vmap` over initial models (and, optionally,
 over flows that differ in their arrays: damping, data), sharded over devices."""
 
+import contextlib
 import dataclasses
 import os
 import time
@@ -207,8 +208,35 @@ def _auto_batch_size(model, n_dev: int, m: int) -> int | None:
 _AXIS = "members"
 
 
+#: The host's bar over members while a chunked or sharded ensemble runs (see
+#: `_members_bar`); chunks report to it from inside the compiled program.
+_MEMBER_BAR = None
+
+
+def _advance_member_bar(count, _):
+    bar = _MEMBER_BAR
+    if bar is not None:  # padding members count too: stop at the real ones
+        bar.update(min(int(count), bar.total - bar.n))
+
+
+@contextlib.contextmanager
+def _members_bar(total: int, on: bool):
+    global _MEMBER_BAR
+    if not on:
+        yield
+        return
+    import tqdm
+
+    _MEMBER_BAR = tqdm.tqdm(total=total, desc="flowsolve ensemble", unit="member")
+    try:
+        yield
+    finally:
+        _MEMBER_BAR.close()
+        _MEMBER_BAR = None
+
+
 def _ensemble_program(ens):
-    args, y0s, flows, stacked_flows, batch_size, clock, mesh, per_device_loop = ens
+    args, y0s, flows, stacked_flows, batch_size, clock, mesh, per_device_loop, member_bar = ens
     if isinstance(args[1], AutoSwitch):
         args = (args[0], dataclasses.replace(args[1], axis_name=_AXIS), *args[2:])
 
@@ -231,10 +259,13 @@ def _ensemble_program(ens):
         # ensemble. `strided`: chunk c holds members c, c + C, c + 2C, ... (C
         # chunks), so that each chunk of a member axis sharded in contiguous blocks
         # keeps members on every device.
+        m = jtu.tree_leaves(dyn)[0].shape[0]
         if size is None:
             y, f = eqx.combine(dyn, static)
-            return fn(y, f if stacked_flows else flows)
-        m = jtu.tree_leaves(dyn)[0].shape[0]
+            out = fn(y, f if stacked_flows else flows)
+            if member_bar:
+                jax.debug.callback(_advance_member_bar, m, out["t_final"])
+            return out
         if strided:
             split = lambda x: x.reshape(size, m // size, *x.shape[1:]).swapaxes(0, 1)
             merge = lambda x: x.swapaxes(0, 1).reshape(m, *x.shape[2:])
@@ -244,7 +275,10 @@ def _ensemble_program(ens):
 
         def run_chunk(d):
             y, f = eqx.combine(d, static)
-            return fn(y, f if stacked_flows else flows)
+            out = fn(y, f if stacked_flows else flows)
+            if member_bar:  # after the chunk: the callback depends on its output
+                jax.debug.callback(_advance_member_bar, size, out["t_final"])
+            return out
 
         return jtu.tree_map(merge, jax.lax.map(run_chunk, jtu.tree_map(split, dyn)))
 
@@ -273,19 +307,19 @@ def _run_ensemble(ens):
     (diffrax's implicit solvers, e.g. Kvaerno5, and matrix-free CG natural
     gradients fail so): such programs fall back to a sharded `vmap`, and the choice
     is remembered. Returns `(out, compile_time, wall_time, per_device_loop)`."""
-    *head, mesh, _ = ens
+    *head, mesh, _, member_bar = ens
     key = abstract_key(ens)
     if mesh is not None and (key is None or key not in _NO_PER_DEVICE_LOOP):
         t0 = time.perf_counter()
         try:
-            return (*compile_and_run("ensemble.solve", _ensemble_program, (*head, mesh, True)), True)
+            return (*compile_and_run("ensemble.solve", _ensemble_program, (*head, mesh, True, member_bar)), True)
         except ValueError:
             if key is not None:
                 _NO_PER_DEVICE_LOOP.add(key)
             failed = time.perf_counter() - t0
-        out, compile_time, wall_time = compile_and_run("ensemble.solve", _ensemble_program, (*head, mesh, False))
+        out, compile_time, wall_time = compile_and_run("ensemble.solve", _ensemble_program, (*head, mesh, False, member_bar))
         return out, compile_time + failed, wall_time, False
-    out, compile_time, wall_time = compile_and_run("ensemble.solve", _ensemble_program, (*head, mesh, False))
+    out, compile_time, wall_time = compile_and_run("ensemble.solve", _ensemble_program, (*head, mesh, False, member_bar))
     return out, compile_time, wall_time, mesh is None
 
 
@@ -312,7 +346,8 @@ def solve(
     r"""Solve one flow from many initial models — or many flows that differ only in
     their arrays (damping, data of one shape) — in one compiled call.
 
-    **Arguments:** as `fs.solve`, and
+    **Arguments:** as `fs.solve` (`progress=True`: the clock's bar where one loop
+    runs all members, otherwise one bar counting members as chunks finish), and
 
     - `flow`: one flow shared by all members, or a list of flows (one per member)
         that differ only in array values, e.g. `fs.NaturalGradientFlow(problem,
@@ -389,8 +424,16 @@ def solve(
     y0s = _pad_and_shard(eqx.filter(y_stacked, eqx.is_inexact_array), m, m_pad, mesh)
     if stacked_flows:
         flows = _pad_and_shard(flows, m, m_pad, mesh)
-    ens = (setup.args, y0s, flows, stacked_flows, batch_size, setup.clock, mesh, True)
-    out, compile_time, wall_time, per_device_loop = _run_ensemble(ens)
+    # Progress: the clock's bar where one loop runs all members (one device, all at
+    # once); otherwise one bar over members, advanced as chunks finish (a clock bar
+    # per chunk and device would interleave).
+    args = setup.args
+    member_bar = progress and (n_dev > 1 or batch_size is not None)
+    if member_bar:
+        args = (*args[:14], diffrax.NoProgressMeter(), *args[15:])
+    ens = (args, y0s, flows, stacked_flows, batch_size, setup.clock, mesh, True, member_bar)
+    with _members_bar(m, member_bar):
+        out, compile_time, wall_time, per_device_loop = _run_ensemble(ens)
     out = jtu.tree_map(lambda x: np.asarray(x)[:m], out)
     return _finish_ensemble(
         setup, out, m, compile_time, wall_time, flow if stacked_flows else None, batch_size, per_device_loop
@@ -410,6 +453,13 @@ def _one_after_another(setup, y_stacked, flows, m: int):
     are returned unsolved (at θ0), and the index of the first of them comes back as
     the fourth output (`None` if all were solved)."""
     args = list(setup.args)
+    bar = None
+    if not isinstance(args[14], diffrax.NoProgressMeter):
+        # One bar over the members, not one bar in the clock per member.
+        import tqdm
+
+        args[14] = diffrax.NoProgressMeter()
+        bar = tqdm.tqdm(total=m, desc="flowsolve ensemble", unit="member")
     y0s = jtu.tree_map(np.asarray, eqx.filter(y_stacked, eqx.is_inexact_array))
     outs, compile_time, wall_time = [], 0.0, 0.0
     interrupted_from = None
@@ -422,12 +472,17 @@ def _one_after_another(setup, y_stacked, flows, m: int):
             outs.append(jtu.tree_map(np.asarray, out))
             compile_time += ct
             wall_time += wt
+            if bar is not None:
+                bar.update(1)
     except KeyboardInterrupt:
         if not outs:
             raise  # nothing to keep
         interrupted_from = len(outs)
         s0 = np.asarray(setup.args[4])
         outs += [_unsolved(outs[0], _index(y0s, i), s0) for i in range(interrupted_from, m)]
+    finally:
+        if bar is not None:
+            bar.close()
     stacked = jtu.tree_map(lambda *xs: np.stack(xs), *outs)
     return stacked, compile_time, wall_time, interrupted_from
 
