@@ -236,7 +236,7 @@ def _members_bar(total: int, on: bool):
 
 
 def _ensemble_program(ens):
-    args, y0s, flows, stacked_flows, batch_size, clock, mesh, per_device_loop, member_bar = ens
+    args, y0s, flows, stacked_flows, batch_size, clock, mesh, member_bar, per_device_loop = ens
     if isinstance(args[1], AutoSwitch):
         args = (args[0], dataclasses.replace(args[1], axis_name=_AXIS), *args[2:])
 
@@ -307,20 +307,22 @@ def _run_ensemble(ens):
     (diffrax's implicit solvers, e.g. Kvaerno5, and matrix-free CG natural
     gradients fail so): such programs fall back to a sharded `vmap`, and the choice
     is remembered. Returns `(out, compile_time, wall_time, per_device_loop)`."""
-    *head, mesh, _, member_bar = ens
+    mesh = ens[6]
+    run = lambda per_device_loop: compile_and_run("ensemble.solve", _ensemble_program, (*ens, per_device_loop))
+    if mesh is None:
+        return (*run(True), True)
     key = abstract_key(ens)
-    if mesh is not None and (key is None or key not in _NO_PER_DEVICE_LOOP):
+    failed = 0.0
+    if key is None or key not in _NO_PER_DEVICE_LOOP:
         t0 = time.perf_counter()
         try:
-            return (*compile_and_run("ensemble.solve", _ensemble_program, (*head, mesh, True, member_bar)), True)
+            return (*run(True), True)
         except ValueError:
             if key is not None:
                 _NO_PER_DEVICE_LOOP.add(key)
             failed = time.perf_counter() - t0
-        out, compile_time, wall_time = compile_and_run("ensemble.solve", _ensemble_program, (*head, mesh, False, member_bar))
-        return out, compile_time + failed, wall_time, False
-    out, compile_time, wall_time = compile_and_run("ensemble.solve", _ensemble_program, (*head, mesh, False, member_bar))
-    return out, compile_time, wall_time, mesh is None
+    out, compile_time, wall_time = run(False)
+    return out, compile_time + failed, wall_time, False
 
 
 def solve(
@@ -431,7 +433,7 @@ def solve(
     member_bar = progress and (n_dev > 1 or batch_size is not None)
     if member_bar:
         args = (*args[:14], diffrax.NoProgressMeter(), *args[15:])
-    ens = (args, y0s, flows, stacked_flows, batch_size, setup.clock, mesh, True, member_bar)
+    ens = (args, y0s, flows, stacked_flows, batch_size, setup.clock, mesh, member_bar)
     with _members_bar(m, member_bar):
         out, compile_time, wall_time, per_device_loop = _run_ensemble(ens)
     out = jtu.tree_map(lambda x: np.asarray(x)[:m], out)
@@ -453,36 +455,29 @@ def _one_after_another(setup, y_stacked, flows, m: int):
     are returned unsolved (at θ0), and the index of the first of them comes back as
     the fourth output (`None` if all were solved)."""
     args = list(setup.args)
-    bar = None
-    if not isinstance(args[14], diffrax.NoProgressMeter):
-        # One bar over the members, not one bar in the clock per member.
-        import tqdm
-
-        args[14] = diffrax.NoProgressMeter()
-        bar = tqdm.tqdm(total=m, desc="flowsolve ensemble", unit="member")
+    # One bar over the members, not one bar in the clock per member.
+    bar = not isinstance(args[14], diffrax.NoProgressMeter)
+    args[14] = diffrax.NoProgressMeter()
     y0s = jtu.tree_map(np.asarray, eqx.filter(y_stacked, eqx.is_inexact_array))
     outs, compile_time, wall_time = [], 0.0, 0.0
     interrupted_from = None
-    try:
-        for i in range(m):
-            args[3] = _index(y0s, i)
-            if flows is not None:
-                args[0], args[8] = flows[i].term(setup.clock), flows[i].problem
-            out, ct, wt = compile_and_run("solve", _program, tuple(args))
-            outs.append(jtu.tree_map(np.asarray, out))
-            compile_time += ct
-            wall_time += wt
-            if bar is not None:
-                bar.update(1)
-    except KeyboardInterrupt:
-        if not outs:
-            raise  # nothing to keep
-        interrupted_from = len(outs)
-        s0 = np.asarray(setup.args[4])
-        outs += [_unsolved(outs[0], _index(y0s, i), s0) for i in range(interrupted_from, m)]
-    finally:
-        if bar is not None:
-            bar.close()
+    with _members_bar(m, bar):
+        try:
+            for i in range(m):
+                args[3] = _index(y0s, i)
+                if flows is not None:
+                    args[0], args[8] = flows[i].term(setup.clock), flows[i].problem
+                out, ct, wt = compile_and_run("solve", _program, tuple(args))
+                outs.append(jtu.tree_map(np.asarray, out))
+                compile_time += ct
+                wall_time += wt
+                _advance_member_bar(1, None)
+        except KeyboardInterrupt:
+            if not outs:
+                raise  # nothing to keep
+            interrupted_from = len(outs)
+            s0 = np.asarray(setup.args[4])
+            outs += [_unsolved(outs[0], _index(y0s, i), s0) for i in range(interrupted_from, m)]
     stacked = jtu.tree_map(lambda *xs: np.stack(xs), *outs)
     return stacked, compile_time, wall_time, interrupted_from
 

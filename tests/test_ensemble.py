@@ -137,7 +137,7 @@ def test_log_clock_auto_members_switch_together():
     setup = prepare(flow, models[0], None, **kw, t0=0.0, solver="auto", dt0=None, progress=False,
                     max_steps=10_000, error_norm="auto")
     y0s = fs.ensemble.stack([eqx.filter(m, eqx.is_inexact_array) for m in models])
-    jaxpr = eqx.filter_make_jaxpr(_ensemble_program)((setup.args, y0s, flow, False, None, "log", None, True, False))[0].jaxpr
+    jaxpr = eqx.filter_make_jaxpr(_ensemble_program)((setup.args, y0s, flow, False, None, "log", None, False, True))[0].jaxpr
     # Rodas5P's LU factorisation runs only inside the switch's `cond`.
     assert "lu" not in _primitives_outside_cond(jaxpr)
 
@@ -166,7 +166,7 @@ def test_linear_clock_completion_members_switch_to_the_gauss_newton_w_method():
     setup = prepare(flow, models[0], 1e6, **{k: v for k, v in kw.items() if k != "t1"}, log_t1=None,
                     t0=0.0, solver="auto", dt0=None, progress=False, max_steps=10_000, error_norm="auto")
     y0s = fs.ensemble.stack([eqx.filter(m, eqx.is_inexact_array) for m in models])
-    jaxpr = eqx.filter_make_jaxpr(_ensemble_program)((setup.args, y0s, flow, False, None, "linear", None, True, False))[0].jaxpr
+    jaxpr = eqx.filter_make_jaxpr(_ensemble_program)((setup.args, y0s, flow, False, None, "linear", None, False, True))[0].jaxpr
     assert "cholesky" in str(jaxpr)  # the W-method is in the program: inside the cond
     assert "cholesky" not in _primitives_outside_cond(jaxpr)
 
