@@ -107,9 +107,6 @@ class Workload:
     #: where the reference stays at least 10× tighter, so that every peer can be met
     #: by a flowsolve run at least as accurate as it ("equal accuracy").
     tolerance_factors: tuple = (10.0, 0.1)
-
-    def ladder(self):
-        return [f for f in self.tolerance_factors if self.rtol * f >= 10 * self.ref_rtol * (1 - 1e-9)]
     reference_note: str
     gd_note: str
 
@@ -118,6 +115,10 @@ class Workload:
         self.theta0_np = np.asarray(self.theta0)
         self.p = self.theta0.size
         self._references = {}
+
+    def ladder(self):
+        """The `tolerance_factors` that keep the reference 10× tighter."""
+        return [f for f in self.tolerance_factors if self.rtol * f >= 10 * self.ref_rtol * (1 - 1e-9)]
 
     def clock_end(self, log_t1):
         """The horizon in the workload's clock variable."""
@@ -906,8 +907,7 @@ def match_peers(w, rows, horizons, repeats, log):
     ceiling = w.rtol * max(w.ladder() + [1.0])
     for label, log_t1 in horizons:
         def ours(label=label):
-            return [f for f in rows if f["horizon"] == label and f["peer"].startswith("flowsolve")
-                    and f.get("reached") and math.isfinite(f.get("error", float("nan")))]
+            return _flowsolve_runs(rows, w.name, label)
         for r in [r for r in rows if r["horizon"] == label]:
             if (r["peer"].startswith("flowsolve") or not r.get("reached") or not r.get("wall_s")
                     or not 0 < r.get("error", float("nan")) < 0.1):
@@ -945,10 +945,7 @@ def equal_accuracy(rows):
             r["speedup_equal_accuracy"] = None
             r["matched_by"] = "not compared: error ≥ 0.1 (a wrong answer)"
             continue
-        ours = [f for f in rows
-                if (f["workload"], f["horizon"]) == (r["workload"], r["horizon"])
-                and f["peer"].startswith("flowsolve") and f.get("reached")
-                and math.isfinite(f.get("error", float("nan")))]
+        ours = _flowsolve_runs(rows, r["workload"], r["horizon"])
         good = [f for f in ours if f["error"] <= r["error"]]
         if good:
             best = min(good, key=lambda f: f["wall_s"])
@@ -958,6 +955,19 @@ def equal_accuracy(rows):
             r["speedup_equal_accuracy"] = None
             r["matched_by"] = (f"no flowsolve run this accurate (best {min(f['error'] for f in ours):.1e})"
                                if ours else "no flowsolve run reached the horizon")
+
+
+def _flowsolve_runs(rows, workload, horizon):
+    """flowsolve's runs that reached `horizon` on `workload` with a measured error."""
+    return [f for f in rows if (f["workload"], f["horizon"]) == (workload, horizon)
+            and f["peer"].startswith("flowsolve") and f.get("reached")
+            and math.isfinite(f.get("error", float("nan")))]
+
+
+def _equal_text(r, unit=""):
+    """The equal-accuracy cell: `"15.5 (rtol 4.8e-05)"`, or why there is none."""
+    x = r.get("speedup_equal_accuracy")
+    return f"{x:.3g}{unit} ({r['matched_by']})" if x is not None else r.get("matched_by", "—")
 
 
 def _short(peer):
@@ -1049,10 +1059,7 @@ def markdown(rows, over, workloads):
         note = r.get("note", "")
         if not r.get("reached") and r.get("log_t_reached") is not None and "reached" not in note:
             note += f" (reached log t = {r['log_t_reached']:.4g})"
-        equal = ""
-        if "matched_by" in r:
-            x = r["speedup_equal_accuracy"]
-            equal = f"{x:.3g} ({r['matched_by']})" if x is not None else r["matched_by"]
+        equal = _equal_text(r) if "matched_by" in r else ""
         lines.append(f"| {r['workload']} | {r['horizon']} | {r['peer']} | {fmt(r.get('steps'), 'd')} | "
                      f"{fmt(r.get('wall_s'), '.3g')} | {fmt(r.get('error'), '.2e')} | {speed} | {equal} | {note} |")
     lines += ["", "References: " + "; ".join(f"`{w.name}`: {w.reference_note}" for w in workloads), ""]
@@ -1088,8 +1095,7 @@ def summary(rows, over):
                 continue
             peer = r["peer"].split(" (")[0]
             if r.get("speedup") is not None or "matched_by" in r:
-                x = r.get("speedup_equal_accuracy")
-                equal = f"{x:.3g}× ({r['matched_by']})" if x is not None else r.get("matched_by", "—")
+                equal = _equal_text(r, "×")
                 same = ""
                 if r.get("speedup") is not None:
                     worse = math.isfinite(f["error"]) and not r["error"] <= 10 * f["error"]
