@@ -31,7 +31,13 @@ from ._trajectory import Trajectory
 def stack(items: Sequence) -> object:
     """Stack models (or flows) of one structure into one pytree whose arrays carry a
     leading member axis. Their non-array parts (activation, static fields) must
-    agree."""
+    agree.
+
+    Stacking copies each array to the host: for thousands of members on a GPU
+    that costs more than the solve (4 096 small networks: 73–79 ms, against a
+    15 ms solve on an H100). Build such ensembles stacked instead, e.g.
+    `eqx.filter_vmap(lambda k: fs.models.TwoLayer(3, 16, key=k))(jr.split(key, m))`:
+    the same arrays as stacking the list built from those keys."""
     items = list(items)
     if not items:
         raise ValueError("Nothing to stack: give at least one model or flow.")

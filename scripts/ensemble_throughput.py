@@ -3,7 +3,7 @@ calls (compiled once, reused) and against hand-written `jax.vmap`s of
 `diffrax.diffeqsolve`, for two-layer-network gradient flows.
 
     python scripts/ensemble_throughput.py [--members 256] [--repeats 5] [--quick] [--full]
-        [--cases tanh20,tanh50,relu20] [--cpu-devices N] [--out results.json]
+        [--cases tanh20,tanh50,relu20] [--loop-members K] [--cpu-devices N] [--out results.json]
 
 `--cpu-devices` (default: one per core) sets how many devices JAX makes of the
 CPU (`jax_num_cpu_devices`); `fs.ensemble` shards its members over them, each
@@ -18,17 +18,22 @@ Printed per case, in flows per second:
   devices: each device's members in equal chunks of at most 32 for smooth flows,
   one after another for kinked ones), sharded over all devices; `compiled` is its
   compiled part alone (`stats["wall_time"]`). `1 device`: the same with
-  `shard=False` (whole call).
+  `shard=False` (whole call). `stacked`: the same call given one stacked model
+  (built once, as `eqx.filter_vmap` of a model's constructor gives it) instead of
+  the list: no per-member stacking in the call.
 - `all at once` (compiled part; for ReLU with `--full` only: it takes minutes):
   `batch_size=None`, each device's members vmapped together. The hand vmaps also
   run for ReLU with `--full` only. `comp/hand` and `comp/hand+m` divide its time
   by the hand vmaps': like for like with `--cpu-devices 1`.
 - `loop`: a Python loop of `fs.solve` over all members (`--quick`: over 32 of them
-  for the smooth cases, scaled up).
+  for the smooth cases; `--loop-members K`: over the first K in every case), its
+  time scaled up to all members. For kinked flows a subset's steps can be far from
+  the whole's (heavy tail): the printed `loop steps` and `steps` medians show it.
 - `hand vmap`: `jax.jit(jax.vmap(diffeqsolve))` of the same flow, solver, tolerances
   and initial step, saving the final state only; `hand vmap+metrics` also saves the
   metric at the same save points (what `fs.ensemble` computes). `hand loop`: a loop
-  of the jitted single solve (final state only).
+  of the jitted single solve (final state only), over the same members as `loop`.
+- On one device (one GPU, say) `1 device` is `ensemble` and is not run again.
 
 Whether `fs.ensemble` and the hand vmap took the same step counts, member by member,
 is printed (`same steps`): then ratios compare the same work. For ReLU they differ:
@@ -86,7 +91,7 @@ def hand_solvers(flow, save_points, static):
     }
 
 
-def case(activation, n, width, members, repeats, quick, full):
+def case(activation, n, width, members, repeats, quick, full, loop_members=None):
     X, y = fs.datasets.two_d_nonlinear(n=n, kind="clusters", seed=0)
     models = [fs.models.TwoLayer(X.shape[1], width, key=jr.key(i), activation=activation, scaling="ntk")
               for i in range(members)]
@@ -95,24 +100,29 @@ def case(activation, n, width, members, repeats, quick, full):
     saveat = fs.SaveAt(num=NUM)
     kw = dict(t1=T1, solver="tsit5", rtol=RTOL, atol=ATOL, metrics=("loss",), saveat=saveat)
     kinked = not models[0].smooth
-    loop_models = models[:32] if (quick and not kinked) else models
+    if loop_members is None:
+        loop_members = 32 if (quick and not kinked) else members
+    loop_models = models[:loop_members]
 
     params = [eqx.filter(m, eqx.is_inexact_array) for m in models]
     static = eqx.partition(models[0], eqx.is_inexact_array)[1]
     stacked = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *params)
     hand = hand_solvers(flow, jnp.asarray(saveat.clock_points(0.0, T1, "linear")), static)
 
+    stacked_models = fs.ensemble.stack(models)
     runs = {
         "ensemble": lambda: fs.ensemble.solve(flow, models, **kw),
-        "1 device": lambda: fs.ensemble.solve(flow, models, shard=False, **kw),
-        "loop": lambda: [fs.solve(flow, m, **kw) for m in loop_models],
-        "hand loop": lambda: [jax.block_until_ready(hand["single"](p)) for p in params],
+        "stacked": lambda: fs.ensemble.solve(flow, stacked_models, **kw),
     }
+    if len(jax.devices()) > 1:
+        runs["1 device"] = lambda: fs.ensemble.solve(flow, models, shard=False, **kw)
+    runs["loop"] = lambda: [fs.solve(flow, m, **kw) for m in loop_models]
+    runs["hand loop"] = lambda: [jax.block_until_ready(hand["single"](p)) for p in params[:len(loop_models)]]
     if full or not kinked:  # all members at once: minutes for ReLU
         runs["all at once"] = lambda: fs.ensemble.solve(flow, models, batch_size=None, **kw)
         runs["hand vmap"] = lambda: jax.block_until_ready(hand["vmap"](stacked))
         runs["hand vmap+metrics"] = lambda: jax.block_until_ready(hand["vmap+metrics"](stacked))
-    scale = {"loop": members / len(loop_models)}
+    scale = {"loop": members / len(loop_models), "hand loop": members / len(loop_models)}
     warm = {name: run() for name, run in runs.items()}  # compile
     times = {name: [] for name in runs}
     compiled = {"ensemble": [], "all at once": []}
@@ -140,11 +150,14 @@ def case(activation, n, width, members, repeats, quick, full):
         "devices": len(jax.devices()),
         "speedup_vs_loop": ratio("loop", "ensemble"),
         "speedup_vs_loop_1_device": ratio("loop", "1 device"),
+        "speedup_stacked_vs_loop": ratio("loop", "stacked"),
         # Like for like with `--cpu-devices 1`: all members vmapped at once, compiled part.
         "compiled_vs_hand_vmap": ratio("all at once", "hand vmap"),
         "compiled_vs_hand_vmap_metrics": ratio("all at once", "hand vmap+metrics"),
         "all_at_once_vs_ensemble_compiled": ratio("all at once", "ensemble compiled"),
         "hand_vmap_vs_hand_loop": ratio("hand loop", "hand vmap"),
+        "loop_members": len(loop_models),
+        "loop_steps_median": int(np.median([int(s.stats["num_steps"]) for s in warm["loop"]])),
         "steps_min": int(steps.min()), "steps_median": int(np.median(steps)), "steps_max": int(steps.max()),
         # Share of a batch-of-all's member-steps spent on members that had finished.
         "all_at_once_waste": float(1 - steps.sum() / (steps.size * steps.max())),
@@ -159,6 +172,8 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="loop over 32 members for smooth flows; 3 repeats")
     parser.add_argument("--full", action="store_true", help="also time all ReLU members at once (minutes)")
     parser.add_argument("--cases", default="tanh20,tanh50,relu20", help="comma-separated subset")
+    parser.add_argument("--loop-members", type=int, default=None,
+                        help="loop over the first K members only, scaled up (default: see --quick)")
     parser.add_argument("--cpu-devices", type=int, default=None,
                         help="devices JAX makes of the CPU (default: one per core); read before JAX starts")
     parser.add_argument("--out", default=None)
@@ -169,25 +184,27 @@ def main(argv=None):
         "tanh50": ("tanh", 50, 50, repeats),
         "relu20": ("relu", 20, 16, max(1, repeats // 2)),
     }
-    rows = [case(act, n, w, args.members, r, args.quick, args.full)
+    rows = [case(act, n, w, args.members, r, args.quick, args.full, args.loop_members)
             for name, (act, n, w, r) in cases.items() if name in args.cases.split(",")]
-    cols = ["ensemble", "ensemble compiled", "1 device", "all at once", "loop", "hand vmap",
+    cols = ["ensemble", "ensemble compiled", "stacked", "1 device", "all at once", "loop", "hand vmap",
             "hand vmap+metrics", "hand loop"]
     print("flows/s (min-of-N wall time; 'ensemble compiled', 'all at once': compiled part only)")
     print(f"{'act':>5} {'n':>3} {'w':>3} {'M':>4} {'batch':>5} " + " ".join(f"{c:>17}" for c in cols)
-          + f" {'×loop':>6} {'×loop 1 dev':>11} {'comp/hand':>9} {'comp/hand+m':>11} {'steps min/med/max':>18}"
-          + f" {'waste':>6} {'same steps':>10}")
+          + f" {'×loop':>6} {'×loop stk':>9} {'×loop 1 dev':>11} {'comp/hand':>9} {'comp/hand+m':>11} {'steps min/med/max':>18}"
+          + f" {'waste':>6} {'same steps':>10} {'loop K, steps med':>17}")
     for r in rows:
         rate = r["flows_per_s"]
         cells = " ".join(f"{rate[c]:>17.1f}" if c in rate else f"{'—':>17}" for c in cols)
         steps = f"{r['steps_min']}/{r['steps_median']}/{r['steps_max']}"
         fmt = lambda x, w: f"{x:>{w}.2f}" if x is not None else f"{'—':>{w}}"
         print(f"{r['activation']:>5} {r['n']:>3} {r['width']:>3} {r['members']:>4} {str(r['batch_size']):>5} {cells} "
-              f"{fmt(r['speedup_vs_loop'], 6)} {fmt(r['speedup_vs_loop_1_device'], 11)} "
+              f"{fmt(r['speedup_vs_loop'], 6)} {fmt(r['speedup_stacked_vs_loop'], 9)} "
+              f"{fmt(r['speedup_vs_loop_1_device'], 11)} "
               f"{fmt(r['compiled_vs_hand_vmap'], 9)} "
               f"{fmt(r['compiled_vs_hand_vmap_metrics'], 11)} {steps:>18} {r['all_at_once_waste']:>6.0%} "
-              f"{str(r['steps_equal_hand']):>10}")
-    print(f"devices: {jax.devices()}")
+              f"{str(r['steps_equal_hand']):>10} {r['loop_members']:>9}, {r['loop_steps_median']:>5}")
+    print(f"devices: {jax.devices()}; jax {jax.__version__}, diffrax {diffrax.__version__}, "
+          f"equinox {eqx.__version__}")
     if args.out:
         with open(args.out, "w") as f:
             json.dump(rows, f, indent=2)

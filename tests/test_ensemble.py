@@ -56,6 +56,22 @@ def test_stacked_model_and_batch_size_give_the_same_answer(two_layer_setup):
     assert again.num_members == 6
 
 
+
+def test_members_built_stacked_with_filter_vmap_equal_the_stacked_list(two_layer_setup):
+    # The guide's recipe for large ensembles: one `eqx.filter_vmap` of the
+    # constructor instead of a list (whose stacking costs a host copy per array).
+    # Same keys, same arrays: exactly, as the constructor's arithmetic is the same.
+    problem, models = two_layer_setup
+    make = lambda k: fs.models.TwoLayer(problem.X.shape[1], 12, key=k, activation="tanh", scaling="ntk")
+    built = eqx.filter_vmap(make)(jax.vmap(jr.key)(np.arange(len(models))))
+    listed = fs.ensemble.stack(models)
+    for a, b in zip(jax.tree_util.tree_leaves(built), jax.tree_util.tree_leaves(listed)):
+        np.testing.assert_array_equal(a, b)
+    assert eqx.tree_equal(eqx.filter(built, eqx.is_array, inverse=True),
+                          eqx.filter(listed, eqx.is_array, inverse=True))
+    ens = fs.ensemble.solve(fs.GradientFlow(problem), built, **KW)
+    assert ens.num_members == len(models) and ens.success
+
 _ON_CPU = pytest.mark.skipif(jax.devices()[0].platform != "cpu", reason="batch_size='auto' batches all members off CPU")
 
 
