@@ -52,6 +52,8 @@ the table; no time is interpolated.
     python scripts/compare_peers.py              # < 15 min on 2 cores
     python scripts/compare_peers.py --quick      # ~2 min
     python scripts/compare_peers.py --workloads logistic ngf --cap 30 --json out.json
+    python scripts/compare_peers.py --json out.json --plot wp.png   # and the work–precision figure
+    python scripts/compare_peers.py --from-json out.json --plot wp.png   # redraw, run nothing
 
 Set `OPENBLAS_NUM_THREADS=1` on a small shared CPU (see README).
 """
@@ -62,6 +64,7 @@ import inspect
 import json
 import math
 import platform
+import textwrap
 import time
 
 import jax
@@ -1116,6 +1119,99 @@ def summary(rows, over):
     return "\n".join(lines)
 
 
+#: Work–precision plot: (peer-name prefix, legend label, colour, marker), first match wins.
+_STYLES = (
+    ("hand diffrax tsit5", "hand diffrax Tsit5", "0.45", "o"),
+    ("hand diffrax rodas5p", "hand diffrax Rodas5P", "0.45", "s"),
+    ("hand diffrax", "hand diffrax, other solver", "0.45", "p"),
+    ("scipy RK45", "scipy RK45", "C1", "^"),
+    ("scipy LSODA", "scipy LSODA", "C2", "v"),
+    ("torchdiffeq", "torchdiffeq dopri5", "C3", "P"),
+    ("GD", "GD, fixed step", "C4", "X"),
+    ("NGD", "NGD, fixed step", "C6", "X"),
+    ("heuristic Euler", "heuristic Euler", "C5", "D"),
+)
+
+
+def _style(peer):
+    """`(label, colour, marker)` of a peer in the work–precision figure."""
+    return next(((label, c, m) for prefix, label, c, m in _STYLES if peer.startswith(prefix)), (peer, "k", "o"))
+
+
+def work_precision_figure(rows):
+    """Error against wall time, one panel per workload and horizon where some run
+    has a measured error: flowsolve (auto)'s runs at every tolerance tried as one
+    line (its default run starred), each peer as a point (hollow: error ≥ 0.1, a
+    wrong answer), and the peers that did not get there named at the panel's top.
+    Returns a `matplotlib.figure.Figure`."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import LogLocator, NullFormatter
+
+    finite = lambda r: r.get("reached") and r.get("wall_s") and math.isfinite(r.get("error", float("nan")))
+    floor = lambda e: max(e, 1e-16)  # an exact 0 has no place on a log axis
+    panels = {}
+    for r in rows:
+        panels.setdefault((r["workload"], r["horizon"]), []).append(r)
+    panels = {k: v for k, v in panels.items() if any(finite(r) for r in v)}
+    if not panels:
+        raise ValueError("No run reached a horizon with a measured error: nothing to plot.")
+    ncols = min(4, len(panels))
+    nrows = -(-len(panels) // ncols)
+    fig = Figure(figsize=(4.0 * ncols, 3.4 * nrows + 0.9), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    handles = {}
+    for ax, ((workload, horizon), group) in zip(axes, panels.items()):
+        xs, ys = [], []
+        ours = sorted(_flowsolve_runs(group, workload, horizon), key=lambda f: f["error"])
+        if ours:
+            x, y = [floor(f["error"]) for f in ours], [f["wall_s"] for f in ours]
+            (line,) = ax.plot(x, y, "-o", color="C0", ms=4, lw=1.5, zorder=3)
+            handles.setdefault("flowsolve (auto), tolerances tried", line)
+            xs += x
+            ys += y
+            for f in ours:
+                if f["peer"] == "flowsolve (auto)":
+                    star = ax.scatter([floor(f["error"])], [f["wall_s"]], marker="*", s=170, color="C0",
+                                      edgecolor="k", zorder=4)
+                    handles.setdefault("flowsolve (auto), default", star)
+        others = [r for r in group if not r["peer"].startswith("flowsolve")]
+        for r in filter(finite, others):
+            label, color, marker = _style(r["peer"])
+            wrong = r["error"] >= 0.1
+            h = ax.scatter([floor(r["error"])], [r["wall_s"]], marker=marker, s=55, zorder=3,
+                           facecolor="none" if wrong else color, edgecolor=color, linewidth=1.4)
+            handles.setdefault(label, h)
+            xs.append(floor(r["error"]))
+            ys.append(r["wall_s"])
+        # At least two decades on each axis (no crowded sub-decade labels), and
+        # headroom above the points for the list of peers that did not get there.
+        for lo, hi, setter, top in ((min(xs), max(xs), ax.set_xlim, 1.0), (min(ys), max(ys), ax.set_ylim, 25.0)):
+            mid = math.sqrt(lo * hi)
+            lo, hi = min(lo / 2, mid / 10), max(hi * 2, mid * 10)
+            setter(lo, hi * top)
+        missed = sorted({_style(r["peer"])[0] for r in others if not finite(r)})
+        if missed:
+            ax.text(0.02, 0.97, textwrap.fill("did not get there: " + ", ".join(missed), 52),
+                    transform=ax.transAxes, fontsize=7, va="top", ha="left", color="0.3")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_major_locator(LogLocator(numticks=6))
+            axis.set_minor_formatter(NullFormatter())
+        ax.set_title(f"{workload}, t = {horizon}", fontsize=11)
+        ax.set_xlabel("error against the reference", fontsize=9)
+        ax.set_ylabel("wall time after compile [s]", fontsize=9)
+        ax.tick_params(labelsize=8)
+        ax.grid(True, which="major", alpha=0.3)
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    fig.legend(list(handles.values()), list(handles), loc="outside lower center",
+               ncols=min(4, len(handles)), fontsize=8, frameon=False)
+    fig.suptitle("Work–precision: lower left is better (hollow: error ≥ 0.1, a wrong answer, not compared)",
+                 fontsize=11)
+    return fig
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer horizons, 5 s cap (~2 min)")
@@ -1125,7 +1221,22 @@ def main(argv=None):
     parser.add_argument("--skip-peers", action="store_true",
                         help="only flowsolve (auto) and the overhead against hand-written diffrax")
     parser.add_argument("--json", default=None, help="write every row here")
+    parser.add_argument("--plot", default=None, help="draw the work–precision figure here (e.g. wp.png)")
+    parser.add_argument("--from-json", default=None,
+                        help="run nothing: print the table and draw --plot from a --json file of an earlier run")
     args = parser.parse_args(argv)
+    if args.from_json:
+        with open(args.from_json) as f:
+            saved = json.load(f)
+        rows, over = saved["rows"], saved["overhead"]
+        workloads = [WORKLOADS[name] for name in dict.fromkeys(r["workload"] for r in rows)]
+        print(markdown(rows, over, workloads))
+        print()
+        print(summary(rows, over))
+        if args.plot:
+            work_precision_figure(rows).savefig(args.plot, dpi=130)
+            print(f"work–precision figure: {args.plot}")
+        return
     cap = args.cap if args.cap is not None else (5.0 if args.quick else 20.0)
     repeats = args.repeats or (2 if args.quick else 3)
     start = time.perf_counter()
@@ -1158,6 +1269,9 @@ def main(argv=None):
                        "versions": {"jax": jax.__version__, "diffrax": diffrax.__version__,
                                     "python": platform.python_version()}},
                       f, indent=2, default=str)
+    if args.plot:
+        work_precision_figure(rows).savefig(args.plot, dpi=130)
+        print(f"work–precision figure: {args.plot}")
 
 
 if __name__ == "__main__":

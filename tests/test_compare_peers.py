@@ -62,3 +62,30 @@ def test_aim_interpolates_error_against_rtol_in_log_log(cp):
     assert cp._aim(points, 1e-6) == pytest.approx(1e-4 * 1e2, rel=1e-12)
     assert cp._aim(points, 1e-14) == pytest.approx(1e-6 * 1e-2, rel=1e-12)
     assert math.isfinite(cp._aim([(1e-5, 3e-6)], 1e-3))  # one point
+
+
+def test_work_precision_figure_draws_each_run_where_it_was_measured(cp):
+    rows = [
+        _row("flowsolve (auto)", 2e-5, 0.1),
+        _row("flowsolve (auto, rtol 1e-05)", 5e-6, 0.2),
+        _row("flowsolve (auto, rtol 1e-06)", 1e-6, 0.3, reached=False),  # not finished: not drawn
+        _row("scipy RK45", 1e-5, 1.0),
+        _row("heuristic Euler", 0.6, 0.01),                                # a wrong answer: hollow
+        _row("torchdiffeq dopri5", float("nan"), 20.0, reached=False),     # named, not drawn
+        _row("scipy LSODA", float("nan"), 20.0, horizon="e^1000", reached=False),  # no panel
+    ]
+    fig = cp.work_precision_figure(rows)
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(axes) == 1 and axes[0].get_title() == "w, t = 1e8"
+    ax = axes[0]
+    (line,) = ax.get_lines()  # flowsolve's finished runs, by increasing error
+    assert list(line.get_xdata()) == [5e-6, 2e-5] and list(line.get_ydata()) == [0.2, 0.1]
+    points = {tuple(c.get_offsets()[0]): c for c in ax.collections}
+    assert set(points) == {(2e-5, 0.1), (1e-5, 1.0), (0.6, 0.01)}  # the default run's star, RK45, Euler
+    assert points[(0.6, 0.01)].get_facecolor().size == 0  # hollow
+    assert points[(1e-5, 1.0)].get_facecolor().size > 0
+    (text,) = ax.texts
+    assert text.get_text() == "did not get there: torchdiffeq dopri5"
+    assert "scipy RK45" in [t.get_text() for t in fig.legends[0].get_texts()]
+    with pytest.raises(ValueError, match="nothing to plot"):
+        cp.work_precision_figure([rows[-1]])
