@@ -45,8 +45,9 @@ Two speed-ups are printed for each peer. *Same tolerance*: against flowsolve
 error is no larger than the peer's. Besides its default run, flowsolve runs at
 10× and 0.1× the tolerances, and for each peer that no run matches within 3× it
 runs once more at the tolerance interpolated (log–log, error against rtol) to give
-0.7× the peer's error (no looser than the loosest of those runs; not for peers
-whose error is 0.1 or more: wrong answers). Every candidate is a measured row of
+0.7× the peer's error, and a second time, re-aimed, if that run does not match
+either (no looser than rtol 1e-2; not for peers whose error is 0.1 or more: wrong
+answers). Every candidate is a measured row of
 the table; no time is interpolated.
 
     python scripts/compare_peers.py              # < 15 min on 2 cores
@@ -902,12 +903,13 @@ def match_peers(w, rows, horizons, repeats, log):
     """Work–precision matching: for each peer that finished with an error below 0.1
     (a larger one is a wrong answer, not a less accurate one) that no flowsolve run
     so far matches closely (the fastest run at least as accurate is more than 3×
-    more accurate), run flowsolve (auto, default error control) once, at the
-    tolerance interpolated to give 0.7× the peer's error: no looser than the
-    loosest run of the ladder, no tighter than 10× the reference's. Each such run
-    is a measured row; `equal_accuracy` then chooses among all of them."""
+    more accurate), run flowsolve (auto, default error control) at the tolerance
+    interpolated to give 0.7× the peer's error, and once more, re-aimed with that
+    run's error, if it still does not match: no looser than `LOOSEST_AIM` (or the
+    ladder's loosest run, if looser), no tighter than 10× the reference's. Each
+    such run is a measured row; `equal_accuracy` then chooses among all of them."""
     floor = max(10 * w.ref_rtol, 1e-14)  # the reference stays 10× tighter
-    ceiling = w.rtol * max(w.ladder() + [1.0])
+    ceiling = max(w.rtol * max(w.ladder() + [1.0]), LOOSEST_AIM)
     for label, log_t1 in horizons:
         def ours(label=label):
             return _flowsolve_runs(rows, w.name, label)
@@ -915,22 +917,31 @@ def match_peers(w, rows, horizons, repeats, log):
             if (r["peer"].startswith("flowsolve") or not r.get("reached") or not r.get("wall_s")
                     or not 0 < r.get("error", float("nan")) < 0.1):
                 continue
-            good = [f for f in ours() if f["error"] <= r["error"]]
-            if good and min(good, key=lambda f: f["wall_s"])["error"] >= r["error"] / 3:
-                continue
-            points = [(f["rtol"], f["error"]) for f in ours() if "rtol" in f and f["error"] > 0]
-            if not points:
-                continue
-            rtol = float(f"{min(max(_aim(points, 0.7 * r['error']), floor), ceiling):.2g}")
-            if any(math.isclose(f["rtol"], rtol, rel_tol=0.05) for f in ours() if "rtol" in f):
-                continue  # that tolerance has run already
-            atol = w.atol * rtol / w.rtol
-            log(f"[{w.name}] flowsolve auto at rtol {rtol:.2g} (aimed at {r['peer']}'s error "
-                f"{r['error']:.2g}), t = {label}")
-            f = run_flowsolve(w, log_t1, "auto", repeats, rtol=rtol, atol=atol)
-            f["rtol"] = rtol
-            rows.append({"workload": w.name, "horizon": label,
-                         "peer": f"flowsolve (auto, rtol {rtol:.2g})", **f})
+            for _ in range(2):
+                good = [f for f in ours() if f["error"] <= r["error"]]
+                if good and min(good, key=lambda f: f["wall_s"])["error"] >= r["error"] / 3:
+                    break
+                points = [(f["rtol"], f["error"]) for f in ours() if "rtol" in f and f["error"] > 0]
+                if not points:
+                    break
+                rtol = float(f"{min(max(_aim(points, 0.7 * r['error']), floor), ceiling):.2g}")
+                tried = [f["rtol"] for f in rows if (f["workload"], f["horizon"]) == (w.name, label)
+                         and f["peer"].startswith("flowsolve") and "rtol" in f]
+                if any(math.isclose(t, rtol, rel_tol=0.05) for t in tried):
+                    break  # that tolerance has run already (finished or not)
+                atol = w.atol * rtol / w.rtol
+                log(f"[{w.name}] flowsolve auto at rtol {rtol:.2g} (aimed at {r['peer']}'s error "
+                    f"{r['error']:.2g}), t = {label}")
+                f = run_flowsolve(w, log_t1, "auto", repeats, rtol=rtol, atol=atol)
+                f["rtol"] = rtol
+                rows.append({"workload": w.name, "horizon": label,
+                             "peer": f"flowsolve (auto, rtol {rtol:.2g})", **f})
+
+
+#: The loosest tolerance a run aimed at a peer's error may take. Looser, an
+#: adaptive solver's local error estimate stops meaning much; the aimed run's error
+#: is measured either way, and it counts only if no larger than the peer's.
+LOOSEST_AIM = 1e-2
 
 
 def equal_accuracy(rows):
