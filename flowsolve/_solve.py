@@ -248,7 +248,9 @@ def solve(
         `"auto"` (smooth flows up to 5000 parameters): Tsit5 switching mid-solve
         to Rodas5P (a Rosenbrock method: one Jacobian and one LU factorisation per
         step, no Newton iterations) once its stiffness estimate says the rest of the
-        horizon needs more than 300·max(1, p/50)^1.5 explicit steps. On the log
+        horizon needs more than 300·max(1, p/50)^1.5 explicit steps (fewer at
+        tolerances looser than rtol 1e-8: × (rtol/1e-8)^(−1/5), at least × 0.05,
+        since the implicit method then needs fewer steps). On the log
         clock the switch is final. On the linear clock it is made only while Tsit5
         is stability-limited, and undone when Rodas5P's steps stay short (a saddle
         escape after a plateau), with a growing wait before the next switch: a
@@ -372,6 +374,14 @@ def _resolve_solver_cached(solver, **kwargs) -> tuple[diffrax.AbstractSolver, st
     return hit
 
 
+def _scalar_rtol(rtol) -> float | None:
+    """`rtol` as one float for `"auto"`'s switch threshold (None if not a number)."""
+    try:
+        return float(np.max(np.asarray(rtol, dtype=float)))
+    except (TypeError, ValueError):
+        return None
+
+
 def prepare(
     flow, model, t1, *, log_t1, t0, clock, solver, rtol, atol, dt0, saveat, metrics,
     progress, max_steps, stop=None, error_norm="auto",
@@ -408,6 +418,7 @@ def prepare(
         solver, clock=clock, num_params=num_params, stiffness=stiffness, horizon=s1,
         smooth=bool(getattr(model, "smooth", True)),
         gauss_newton_n=gauss_newton_size(flow, num_params),
+        rtol=_scalar_rtol(rtol),
     )
     # NumPy, not jnp.asarray, for the inputs below (see `_controller`).
     float_dtype = np.dtype(jnp.result_type(float))

@@ -70,6 +70,22 @@ def _newton():
 #: (5000, the figure for Kvaerno5 + Newton, left log t = 30 at Tsit5's 1.7× cost).
 AUTO_STIFF_STEPS = 300
 
+#: The tolerance `AUTO_STIFF_STEPS` was calibrated at. At looser tolerances the
+#: implicit method needs fewer steps for accuracy, while the explicit one still
+#: needs as many for stability, so the threshold scales as (rtol / 1e-8)^(−1/5)
+#: (Rodas5P's step counts on that problem fall about so: 153, 48, 24, 18 steps to
+#: t = 1e8 at rtol 1e-8, 1e-6, 1e-4, 1e-3), down to `AUTO_STIFF_MIN_SCALE`; tighter
+#: tolerances keep 300.
+AUTO_STIFF_RTOL = 1e-8
+AUTO_STIFF_MIN_SCALE = 0.05
+
+
+def auto_threshold_scale(rtol: float | None) -> float:
+    """`"auto"`'s switch threshold at `rtol`, as a fraction of `AUTO_STIFF_STEPS`."""
+    if rtol is None or not rtol > 0:
+        return 1.0
+    return float(min(1.0, max(AUTO_STIFF_MIN_SCALE, (rtol / AUTO_STIFF_RTOL) ** -0.2)))
+
 #: A Rodas5P step's cost in Tsit5 steps at p = 50 (200 × 50 logistic, log clock);
 #: it grows like `stiff_threshold` with p.
 RODAS_COST = 4.0
@@ -198,9 +214,11 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver):
     estimate of `ρ·h` (ρ the spectral radius of the vector field's Jacobian along
     the stiff direction): `‖k_7 − k_6‖ / ‖y_7 − y_6‖` (Hairer, Nørsett & Wanner,
     *Solving ODEs II*, IV.2). The solver switches to the implicit method when an
-    explicit one would need more than `threshold` further steps for stability
-    alone — `ρ · (horizon − t) / 3.3`, 3.3 being Tsit5's stability limit on the
-    negative real axis — on `patience` consecutive accepted steps. The switch is one
+    explicit one would need more than `threshold · scale` further steps for
+    stability alone — `ρ · (horizon − t) / 3.3`, 3.3 being Tsit5's stability limit
+    on the negative real axis — on `patience` consecutive accepted steps (`scale`,
+    an array so that tolerances vary without recompiling, lowers the threshold at
+    loose tolerances: see `auto_threshold_scale`). The switch is one
     way: the stiffness of the flows this library solves (log-clock classification
     flows) does not go away. Switching pays only when the remaining horizon is long,
     because an implicit step costs several explicit ones (a Jacobian and an LU
@@ -222,6 +240,7 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver):
     only_when_limited: bool = eqx.field(static=True, default=False)
     cost: float = eqx.field(static=True, default=float(RODAS_COST))
     axis_name: Any = eqx.field(static=True, default=None)
+    scale: Any = None
 
     term_structure = diffrax.AbstractTerm
     interpolation_cls = _SwitchInterpolation
@@ -309,7 +328,8 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver):
         # near-singular Fisher) is not switched for. The log clock's stiffness
         # grows steadily and is best met early: there the projection alone decides.
         limited = (dk2 > (0.7 * 3.3) ** 2 * dy2) | (not self.only_when_limited)
-        far = dk2 * (self.horizon - t1) ** 2 > dy2 * (3.3 * self.threshold * h) ** 2
+        threshold = self.threshold if self.scale is None else self.threshold * self.scale
+        far = dk2 * (self.horizon - t1) ** 2 > dy2 * (3.3 * threshold * h) ** 2
         hot = ~stiff & limited & far & (m[3] <= 0)
         rho = jnp.where(stiff, m[5], _rho_h(dk2, dy2) / h)
         if self.only_when_limited:
@@ -380,10 +400,12 @@ def gauss_newton_size(flow, num_params: int) -> int | None:
 
 def auto_switch(
     horizon, *, num_params: int, only_when_limited: bool = False, gauss_newton_n: int | None = None,
+    rtol: float | None = None,
 ) -> AutoSwitch:
     """`"auto"`'s switching solver: Tsit5, then Rodas5P once stiff; or, with
     `gauss_newton_n` (a squared-loss gradient flow on n < p points), the
-    Gauss–Newton ROS34PW2, whose step costs an n×n system instead of p×p."""
+    Gauss–Newton ROS34PW2, whose step costs an n×n system instead of p×p. `rtol`
+    lowers the switch threshold when looser than 1e-8 (`auto_threshold_scale`)."""
     cost = _implicit_cost(num_params, gauss_newton_n)
     return AutoSwitch(
         diffrax.Tsit5(),
@@ -393,6 +415,7 @@ def auto_switch(
         threshold=AUTO_STIFF_STEPS * cost / RODAS_COST,
         only_when_limited=only_when_limited,
         cost=cost,
+        scale=jnp.asarray(auto_threshold_scale(rtol), jnp.result_type(float)),
     )
 
 
@@ -407,6 +430,7 @@ def _implicit_cost(num_params: int, gauss_newton_n: int | None) -> float:
 def resolve_solver(
     solver, *, clock: str, num_params: int, stiffness: float | None = None,
     horizon: float | None = None, smooth: bool = True, gauss_newton_n: int | None = None,
+    rtol: float | None = None,
 ) -> tuple[diffrax.AbstractSolver, str]:
     """Return `(diffrax solver, name)` for `solver` = a name or a diffrax solver.
 
@@ -436,8 +460,9 @@ def resolve_solver(
         else:
             gauss_newton_n = None
         if small and clock == "log" and horizon is not None:
-            return auto_switch(horizon, num_params=num_params), "auto"
-        threshold = AUTO_STIFF_STEPS * _implicit_cost(num_params, gauss_newton_n) / RODAS_COST
+            return auto_switch(horizon, num_params=num_params, rtol=rtol), "auto"
+        threshold = (AUTO_STIFF_STEPS * _implicit_cost(num_params, gauss_newton_n) / RODAS_COST
+                     * auto_threshold_scale(rtol))
         stiff = stiffness is not None and stiffness / 3.3 > threshold
         if small and (smooth or stiff) and horizon is not None:
             # Start explicit whatever the estimate at θ0 and let the in-flight test
@@ -447,6 +472,7 @@ def resolve_solver(
             # converged at t = 1e5 leaves Tsit5 ~ρt/3.3 steps: 6.7e6 to t = 1e8).
             return auto_switch(
                 horizon, num_params=num_params, only_when_limited=True, gauss_newton_n=gauss_newton_n,
+                rtol=rtol,
             ), "auto"
         if small and (clock == "log" or stiff):
             name = "rodas5p" if gauss_newton_n is None else "ros34pw2-gn"

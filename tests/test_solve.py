@@ -1,6 +1,8 @@
 """`fs.solve` against independent ground truth: the quadratic closed form, scipy's
 DOP853, conserved quantities, and the hard-margin SVM from a convex solver."""
 
+import math
+
 import diffrax
 import equinox as eqx
 import jax.numpy as jnp
@@ -257,6 +259,29 @@ def test_auto_reaches_e_to_the_1e4_and_1e6_in_a_bounded_number_of_steps(svm_prob
         assert 0.5 < exact_gap / gamma * log_t1 < 2.0
     # 100× the horizon, (almost) no more steps; 225 leaves ~10 % over the measured.
     assert steps[1e6] <= steps[1e4] + 10 and steps[1e6] <= 225, steps
+
+
+def test_auto_switches_early_at_loose_tolerances(svm_problem):
+    """To t = 1e8 Tsit5 is held by stability, not accuracy: it takes 870 / 434 / 484
+    steps at rtol 1e-3 / 1e-4 / 1e-6 (527 at 1e-8), Rodas5P 18 / 24 / 48 (153). The
+    switch threshold (300 further explicit steps at rtol 1e-8) scales as
+    (rtol / 1e-8)^(−1/5), so `auto` switches at the loose tolerances: measured 29 /
+    35 / 77 steps, errors 1.7e-5 / 1.2e-6 / 1.5e-8 against a Kvaerno5 solve at rtol
+    1e-11 (Tsit5 alone: 1.3e-3 / 8.5e-5 / 1.2e-7). Bounds: twice the measured steps;
+    the error within rtol. The scale is an array: new tolerances, no recompilation."""
+    problem, _ = svm_problem
+    flow = fs.GradientFlow(problem)
+    kw = dict(clock="log", log_t1=math.log(1e8), metrics=("loss",), saveat=fs.SaveAt(num=2))
+    ref = fs.solve(flow, solver="kvaerno5", rtol=1e-11, atol=1e-13, error_norm="componentwise", **kw)
+    w_ref = np.asarray(ref.final.weight)
+    for i, (rtol, measured) in enumerate(((1e-3, 29), (1e-4, 35), (1e-6, 77))):
+        sol = fs.solve(flow, solver="auto", rtol=rtol, atol=1e-2 * rtol, **kw)
+        assert sol.success and sol.info["solver"] == "tsit5→rodas5p", (rtol, sol.info["solver"])
+        assert sol.stats["num_steps"] <= 2 * measured, (rtol, sol.stats["num_steps"])
+        err = np.linalg.norm(np.asarray(sol.final.weight) - w_ref) / np.linalg.norm(w_ref)
+        assert err <= rtol, (rtol, err)
+        if i:
+            assert sol.stats["compile_time"] == 0.0
 
 
 def test_normwise_error_control_matches_the_quadratic_closed_form():
