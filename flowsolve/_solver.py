@@ -86,6 +86,7 @@ def auto_threshold_scale(rtol: float | None) -> float:
         return 1.0
     return float(min(1.0, max(AUTO_STIFF_MIN_SCALE, (rtol / AUTO_STIFF_RTOL) ** -0.2)))
 
+
 #: A Rodas5P step's cost in Tsit5 steps at p = 50 (200 × 50 logistic, log clock);
 #: it grows like `stiff_threshold` with p.
 RODAS_COST = 4.0
