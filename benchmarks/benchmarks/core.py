@@ -63,6 +63,45 @@ class LogClockHorizon:
     track_vf_evals.unit = "evaluations (a Jacobian counts once)"
 
 
+class AutoAcrossTolerances:
+    """Gradient flow to t = 1e8 on the 200 × 50 separable logistic problem at rtol
+    1e-2 … 1e-8: there Tsit5 is held by stability at every tolerance, so `auto`
+    should switch to Rodas5P early at loose tolerances (its switch threshold scales
+    as (rtol/1e-8)^(−1/5)) and take about Rodas5P's steps. Error: ‖w − w_ref‖/‖w_ref‖
+    against Kvaerno5 at rtol 1e-11 (per-parameter control)."""
+
+    params = [[1e-2, 1e-4, 1e-6, 1e-8], ["auto", "tsit5", "rodas5p"]]
+    param_names = ["rtol", "solver"]
+    timeout = 300
+
+    def setup_cache(self):
+        problem, model, _, _ = _svm_problem()
+        ref = fs.solve(fs.GradientFlow(problem), model, log_t1=math.log(1e8), clock="log", solver="kvaerno5",
+                       rtol=1e-11, atol=1e-13, error_norm="componentwise", metrics=(), saveat=fs.SaveAt(num=2))
+        return [float(x) for x in ref.final.weight]
+
+    def setup(self, w_ref, rtol, solver):
+        self.problem, self.model, _, _ = _svm_problem()
+        self.w_ref = jnp.asarray(w_ref)
+        self.kw = dict(log_t1=math.log(1e8), clock="log", solver=solver, rtol=rtol, atol=1e-2 * rtol,
+                       metrics=(), saveat=fs.SaveAt(num=2), max_steps=100_000)
+        self.sol = fs.solve(fs.GradientFlow(self.problem), self.model, **self.kw)
+
+    def time_solve(self, w_ref, rtol, solver):
+        fs.solve(fs.GradientFlow(self.problem), self.model, **self.kw)
+
+    def track_steps(self, w_ref, rtol, solver):
+        return int(self.sol.stats["num_steps"])
+
+    track_steps.unit = "steps (accepted + rejected)"
+
+    def track_error(self, w_ref, rtol, solver):
+        w = self.sol.final.weight
+        return float(jnp.linalg.norm(w - self.w_ref) / jnp.linalg.norm(self.w_ref))
+
+    track_error.unit = "relative error"
+
+
 class DescendVsForiLoop:
     """`fs.descend` GD against a hand-written `lax.fori_loop` over `jax.grad`, per
     step (100 000 steps, n = 200, d = 50)."""
