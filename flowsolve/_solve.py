@@ -374,14 +374,6 @@ def _resolve_solver_cached(solver, **kwargs) -> tuple[diffrax.AbstractSolver, st
     return hit
 
 
-def _scalar_rtol(rtol) -> float | None:
-    """`rtol` as one float for `"auto"`'s switch threshold (None if not a number)."""
-    try:
-        return float(np.max(np.asarray(rtol, dtype=float)))
-    except (TypeError, ValueError):
-        return None
-
-
 def prepare(
     flow, model, t1, *, log_t1, t0, clock, solver, rtol, atol, dt0, saveat, metrics,
     progress, max_steps, stop=None, error_norm="auto",
@@ -418,7 +410,7 @@ def prepare(
         solver, clock=clock, num_params=num_params, stiffness=stiffness, horizon=s1,
         smooth=bool(getattr(model, "smooth", True)),
         gauss_newton_n=gauss_newton_size(flow, num_params),
-        rtol=_scalar_rtol(rtol),
+        rtol=rtol,  # checked above: a positive float
     )
     # NumPy, not jnp.asarray, for the inputs below (see `_controller`).
     float_dtype = np.dtype(jnp.result_type(float))

@@ -914,8 +914,7 @@ def match_peers(w, rows, horizons, repeats, log):
         def ours(label=label):
             return _flowsolve_runs(rows, w.name, label)
         for r in [r for r in rows if r["horizon"] == label]:
-            if (r["peer"].startswith("flowsolve") or not r.get("reached") or not r.get("wall_s")
-                    or not 0 < r.get("error", float("nan")) < 0.1):
+            if r["peer"].startswith("flowsolve") or not _measured(r) or not 0 < r["error"] < 0.1:
                 continue
             for _ in range(2):
                 good = [f for f in ours() if f["error"] <= r["error"]]
@@ -951,9 +950,7 @@ def equal_accuracy(rows):
     When no flowsolve run is that accurate, or the peer's error is 0.1 or more (a
     wrong answer), `matched_by` says so and the speed-up is None."""
     for r in rows:
-        if r["peer"].startswith("flowsolve") or not r.get("reached") or not r.get("wall_s"):
-            continue
-        if not math.isfinite(r.get("error", float("nan"))):
+        if r["peer"].startswith("flowsolve") or not _measured(r):
             continue
         if r["error"] >= 0.1:
             r["speedup_equal_accuracy"] = None
@@ -971,11 +968,15 @@ def equal_accuracy(rows):
                                if ours else "no flowsolve run reached the horizon")
 
 
+def _measured(r):
+    """A run that reached its horizon, with a wall time and a finite error."""
+    return bool(r.get("reached") and r.get("wall_s") and math.isfinite(r.get("error", float("nan"))))
+
+
 def _flowsolve_runs(rows, workload, horizon):
     """flowsolve's runs that reached `horizon` on `workload` with a measured error."""
     return [f for f in rows if (f["workload"], f["horizon"]) == (workload, horizon)
-            and f["peer"].startswith("flowsolve") and f.get("reached")
-            and math.isfinite(f.get("error", float("nan")))]
+            and f["peer"].startswith("flowsolve") and _measured(f)]
 
 
 def _equal_text(r, unit=""):
@@ -1158,12 +1159,11 @@ def work_precision_figure(rows):
     from matplotlib.figure import Figure
     from matplotlib.ticker import LogLocator, NullFormatter
 
-    finite = lambda r: r.get("reached") and r.get("wall_s") and math.isfinite(r.get("error", float("nan")))
     floor = lambda e: max(e, 1e-16)  # an exact 0 has no place on a log axis
     panels = {}
     for r in rows:
         panels.setdefault((r["workload"], r["horizon"]), []).append(r)
-    panels = {k: v for k, v in panels.items() if any(finite(r) for r in v)}
+    panels = {k: v for k, v in panels.items() if any(_measured(r) for r in v)}
     if not panels:
         raise ValueError("No run reached a horizon with a measured error: nothing to plot.")
     ncols = min(4, len(panels))
@@ -1186,7 +1186,7 @@ def work_precision_figure(rows):
                                       edgecolor="k", zorder=4)
                     handles.setdefault("flowsolve (auto), default", star)
         others = [r for r in group if not r["peer"].startswith("flowsolve")]
-        for r in filter(finite, others):
+        for r in filter(_measured, others):
             label, color, marker = _style(r["peer"])
             wrong = r["error"] >= 0.1
             h = ax.scatter([floor(r["error"])], [r["wall_s"]], marker=marker, s=55, zorder=3,
@@ -1200,7 +1200,7 @@ def work_precision_figure(rows):
             mid = math.sqrt(lo * hi)
             lo, hi = min(lo / 2, mid / 10), max(hi * 2, mid * 10)
             setter(lo, hi * top)
-        missed = sorted({_style(r["peer"])[0] for r in others if not finite(r)})
+        missed = sorted({_style(r["peer"])[0] for r in others if not _measured(r)})
         if missed:
             ax.text(0.02, 0.97, textwrap.fill("did not get there: " + ", ".join(missed), 52),
                     transform=ax.transAxes, fontsize=7, va="top", ha="left", color="0.3")
