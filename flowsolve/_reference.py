@@ -263,7 +263,16 @@ def max_margin(
     _check_labels(y)
     if X.shape[0] == 0:
         raise ValueError("`X` has no rows; the max-margin problem needs data.")
-    Z = y[:, None] * X
+    # Solved for data scaled to max |z_ij| = 1 and mapped back: Clarabel's
+    # tolerances are absolute, and for data of size c the objective is ~1/c², so
+    # unscaled, c = 1e6 came back 3× off and c = 1e-6 as "not separable".
+    # With z = s·z̃ the optimum is w = w̃/s, and the duals α = α̃/s² (ℓ2:
+    # w = Zᵀα) or α̃/s (ℓ1: Σα = ‖w‖₁).
+    Z_orig = y[:, None] * X
+    s = float(np.max(np.abs(Z_orig)))
+    if s == 0.0:  # all inputs zero
+        raise ValueError(_NOT_SEPARABLE)
+    Z = Z_orig / s
     w_var = cp.Variable(X.shape[1])
     constraint = Z @ w_var >= 1
     objective = 0.5 * cp.sum_squares(w_var) if norm == 2 else cp.norm1(w_var)
@@ -297,8 +306,9 @@ def max_margin(
                     (w, alpha), residual = candidate, new_residual
     _warn_if_inaccurate(residual, "max_margin", 1e-7)
 
+    w, alpha = w / s, alpha / (s * s if norm == 2 else s)
     w_norm = float(np.linalg.norm(w, ord=norm))
-    margins = Z @ w
+    margins = Z_orig @ w
     return MaxMargin(
         w=w,
         direction=w / w_norm,
@@ -361,10 +371,17 @@ def min_norm_interpolant(X: Any, y: Any, norm: int = 2) -> np.ndarray:
             raise ValueError(inconsistent)
         return w
 
+    # Solved for X and y scaled to max-abs 1 (Clarabel's tolerances are absolute;
+    # unscaled, X·1e6 came back 1.5e-5 off): X = a·X̃, y = b·ỹ give w = (b/a)·w̃.
+    a, b = float(np.max(np.abs(X), initial=0.0)), float(np.max(np.abs(y), initial=0.0))
+    if b == 0.0:
+        return np.zeros(X.shape[1])
+    if a == 0.0:
+        raise ValueError(inconsistent)
     w_var = cp.Variable(X.shape[1])
-    problem = cp.Problem(cp.Minimize(cp.norm1(w_var)), [X @ w_var == y])
+    problem = cp.Problem(cp.Minimize(cp.norm1(w_var)), [(X / a) @ w_var == y / b])
     _check_status(_solve(problem), inconsistent)
-    w = np.asarray(w_var.value, dtype=np.float64)
+    w = np.asarray(w_var.value, dtype=np.float64) * (b / a)
     w_new = _polish_l1(X, y, w)
     if w_new is not None:
         l1, l1_new = np.sum(np.abs(w)), np.sum(np.abs(w_new))

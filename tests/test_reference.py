@@ -162,6 +162,30 @@ def test_max_margin_needs_bias_for_offset_data():
     np.testing.assert_allclose(mm.w, [2.0, -3.0], atol=1e-10)
 
 
+@pytest.mark.parametrize("norm", [1, 2])
+def test_max_margin_scales_with_the_data(norm):
+    # An invariance of the problem: for data c·X the optimum is ŵ/c, the margin
+    # c·γ and the duals α/c² (ℓ2, w = Zᵀα) or α/c (ℓ1, Σα = ‖w‖₁). The solver's
+    # tolerances are absolute, so this fails unless the data are rescaled first
+    # (unscaled, c = 1e6 gave a third of the ℓ2 margin and c = 1e-6 "not
+    # separable"). Compared against c = 1 and HiGHS's ℓ1 optimum at KKT_TOL.
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(10, 3))
+    y = np.sign(X[:, 0])
+    base = ref.max_margin(X, y, norm=norm)
+    if norm == 1:
+        np.testing.assert_allclose(1.0 / base.margin, _linprog_l1_margin(y[:, None] * X), rtol=KKT_TOL)
+    power = 2 if norm == 2 else 1
+    for c in (1e-8, 1e-5, 1e5, 1e8):
+        mm = ref.max_margin(c * X, y, norm=norm)
+        np.testing.assert_allclose(mm.margin, c * base.margin, rtol=KKT_TOL)
+        np.testing.assert_allclose(mm.w, base.w / c, rtol=KKT_TOL, atol=KKT_TOL * np.abs(base.w).max() / c)
+        np.testing.assert_allclose(mm.direction, base.direction, atol=KKT_TOL)
+        np.testing.assert_allclose(mm.dual, base.dual / c**power, atol=KKT_TOL * base.dual.max() / c**power)
+        assert list(mm.support) == list(base.support)
+        assert mm.residual <= KKT_TOL
+
+
 # -------------------------------------------------------------- min-norm interpolant
 
 
@@ -216,6 +240,18 @@ def test_min_l1_interpolant_hand_made_and_highs():
     np.testing.assert_allclose(np.sum(np.abs(w)), lp.fun, rtol=1e-8)
     np.testing.assert_allclose(X @ w, y, atol=1e-9)
 
+
+
+def test_min_l1_interpolant_scales_with_the_data():
+    # X w = y with X → a·X and y → b·y has the solution (b/a)·w: checked against
+    # a = b = 1 over twelve orders of magnitude (unscaled, X·1e6 was 1.5e-5 off).
+    rng = np.random.default_rng(1)
+    X, y = rng.standard_normal((5, 12)), rng.standard_normal(5)
+    base = ref.min_norm_interpolant(X, y, norm=1)
+    for a, b in itertools.product((1e-6, 1e6), (1e-4, 1e4)):
+        w = ref.min_norm_interpolant(a * X, b * y, norm=1)
+        np.testing.assert_allclose(w, base * b / a, rtol=1e-9, atol=1e-9 * np.abs(base).max() * b / a)
+    np.testing.assert_array_equal(ref.min_norm_interpolant(X, 0.0 * y, norm=1), np.zeros(12))
 
 @pytest.mark.parametrize("norm", [1, 2])
 def test_min_norm_interpolant_inconsistent(norm):
