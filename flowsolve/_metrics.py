@@ -36,8 +36,11 @@ def log_loss(problem: Problem, model: eqx.Module) -> Array:
 
 
 def param_norm(problem: Problem, model: eqx.Module) -> Array:
-    """Euclidean norm of all trainable parameters."""
-    leaves = jtu.tree_leaves(eqx.filter(model, eqx.is_inexact_array))
+    """Euclidean norm of the trainable parameters (`model.trainable()` for models
+    from `fs.models`: a frozen hidden layer is left out; every inexact array of
+    other modules)."""
+    params = model.trainable() if isinstance(model, AbstractModel) else eqx.filter(model, eqx.is_inexact_array)
+    leaves = jtu.tree_leaves(params)
     return safe_norm(jnp.concatenate([jnp.ravel(x) for x in leaves]))
 
 
@@ -106,10 +109,13 @@ def smoothed_margin(problem: Problem, model: eqx.Module) -> Array:
     if isinstance(problem.loss, Exponential):
         num = -log_sum
     elif isinstance(problem.loss, Logistic):
-        # log(e^𝓛 − 1) = log 𝓛 + log(expm1(𝓛)/𝓛), the ratio → 1 as 𝓛 → 0.
+        # log(e^𝓛 − 1) = 𝓛 + log(1 − e^{−𝓛}): no overflow of e^𝓛 (log(expm1(𝓛))
+        # was −inf past 𝓛 ≈ 709, e.g. at initialisation with n = 2000), accurate
+        # as 𝓛 → 0; below 𝓛 = e^−30, where e^𝓛 − 1 would underflow, the series
+        # log 𝓛 + 𝓛/2.
         big = log_sum > -30.0
         total = jnp.exp(jnp.where(big, log_sum, -30.0))
-        num = -jnp.where(big, jnp.log(jnp.expm1(total)), log_sum + 0.5 * jnp.exp(log_sum))
+        num = -jnp.where(big, total + jnp.log(-jnp.expm1(-total)), log_sum + 0.5 * jnp.exp(log_sum))
     else:  # pragma: no cover - guarded by require_classification
         raise ValueError("The smoothed margin is defined for Logistic and Exponential.")
     return safe_divide(num, param_norm(problem, model) ** degree)

@@ -18,9 +18,12 @@ def safe_norm(x: ArrayLike, ord: int | float = 2) -> Array:
     x = jnp.ravel(jnp.asarray(x))
     if ord == 1:
         return jnp.sum(jnp.abs(x))
-    sq = jnp.sum(x * x)
-    nonzero = sq > 0
-    return jnp.where(nonzero, jnp.sqrt(jnp.where(nonzero, sq, 1.0)), 0.0)
+    # Scaled by max|x| so that the squares neither overflow (entries past ~1e154)
+    # nor underflow (below ~1e-154).
+    big = jnp.max(jnp.abs(x), initial=0.0)
+    nonzero = big > 0
+    safe = jnp.where(nonzero, big, 1.0)
+    return jnp.where(nonzero, safe * jnp.sqrt(jnp.sum((x / safe) ** 2)), 0.0)
 
 
 def safe_divide(num: ArrayLike, den: ArrayLike) -> Array:

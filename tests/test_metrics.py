@@ -107,3 +107,46 @@ def test_homogeneous_margin_needs_a_degree(getkey):
     # ... which a user can declare.
     problem = fs.Problem(mlp, fs.losses.Logistic(), X, y, homogeneity=2)
     assert np.isfinite(float(fs.metrics.homogeneous_margin(problem, mlp)))
+
+
+def test_output_only_two_layer_margins_normalise_by_the_output_layer(getkey):
+    # With the hidden layer frozen the model is 1-homogeneous in the output layer b
+    # alone, so the normalised margin is min_i y_i f(x_i) / ‖b‖ (Chizat & Bach's
+    # random-features regime), computed here in NumPy from the layers.
+    X, y = separable_data(n=12, d=3)
+    model = fs.models.TwoLayer(3, 8, key=getkey(), activation="relu", train="output")
+    problem = fs.Problem(model, fs.losses.Logistic(), X, y)
+    A, b = np.asarray(model.hidden), np.asarray(model.output)
+    u = y * (np.maximum(X @ A.T, 0.0) @ b) * float(model.scale)
+    nb = np.linalg.norm(b)
+    assert model.homogeneity == 1
+    assert float(fs.metrics.param_norm(problem, model)) == pytest.approx(nb, rel=1e-14)
+    assert float(fs.metrics.margin(problem, model)) == pytest.approx(u.min() / nb, rel=1e-13)
+    log_sum = np.log(np.sum(np.logaddexp(0.0, -u)))
+    want = -np.log(np.expm1(np.exp(log_sum))) / nb  # Lyu & Li, sum loss 𝓛 = e^{log_sum}
+    assert float(fs.metrics.smoothed_margin(problem, model)) == pytest.approx(want, rel=1e-12)
+
+
+def test_smoothed_margin_is_finite_when_the_summed_loss_is_large():
+    # 𝓛 = Σ log(1 + e^{−u_i}) ≈ 1386 for 2 000 points at u = 0.01 (ℓ = log 2 −
+    # u/2 + ...): log(e^𝓛 − 1) = 𝓛 to float64 precision (e^−𝓛 ≈ 1e-602), so the
+    # smoothed margin is −𝓛/‖w‖; forming e^𝓛 overflowed to −inf.
+    n = 2000
+    X = np.ones((n, 1))
+    y = np.ones(n)
+    model = fs.models.Linear(1, weight=[0.01])
+    problem = fs.Problem(model, fs.losses.Logistic(), X, y)
+    total = n * np.logaddexp(0.0, -0.01)
+    assert total > 709
+    assert float(fs.metrics.smoothed_margin(problem, model)) == pytest.approx(-total / 0.01, rel=1e-13)
+
+
+@pytest.mark.parametrize("scale", [1e-160, 1e160])
+def test_margins_are_scale_invariant_past_the_square_range(scale):
+    # A normalised margin is invariant under w → c·w (c > 0); the norm ‖cw‖ must
+    # not square c (c² overflows past 1e154 and underflows below 1e-154).
+    problem, model = _toy_problem([3.0, -4.0])
+    big = fs.models.Linear(2, weight=[3.0 * scale, -4.0 * scale])
+    assert float(fs.metrics.param_norm(problem, big)) == pytest.approx(5.0 * scale, rel=1e-15)
+    for fn in (fs.metrics.margin, fs.metrics.margin_l1):
+        assert float(fn(problem, big)) == pytest.approx(float(fn(problem, model)), rel=1e-14), fn.__name__

@@ -45,6 +45,12 @@ class AbstractModel(eqx.Module):
         `solver="auto"` picks a low-order method (see `fs.solve`)."""
         return True
 
+    def trainable(self):
+        """The parameters gradient flow moves, as a pytree: what the normalised
+        margins and `param_norm` measure. All inexact arrays by default; a model
+        with frozen arrays (`TwoLayer(train="output")`) returns the trained ones."""
+        return eqx.filter(self, eqx.is_inexact_array)
+
     def end_to_end(self) -> Array:
         """The end-to-end linear predictor (vector) or matrix of the model."""
         raise NotImplementedError(

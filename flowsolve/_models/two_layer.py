@@ -160,6 +160,11 @@ class TwoLayer(AbstractModel):
         a = self.hidden if self.train_hidden else jax.lax.stop_gradient(self.hidden)
         return self.scale * (jax.vmap(self.activation)(X @ a.T) @ self.output)
 
+    def trainable(self):
+        # With the hidden layer frozen only the output layer moves, and the model
+        # is 1-homogeneous in it: margins normalise by ‖b‖, not ‖(A, b)‖.
+        return super().trainable() if self.train_hidden else self.output
+
     def gram(self, X: Array) -> Array:
         r"""$JJ^\top$ in closed form, without the n×p Jacobian:
         $c^2[\Phi\Phi^\top + (\Psi\,\mathrm{diag}(b^2)\Psi^\top) \circ XX^\top]$ with
