@@ -418,12 +418,20 @@ def _assemble_batched(prep, state, saved_chunks, result, compile_time, wall_time
     """Members share the save targets (and, for a constant step or a schedule,
     the time axis); a member that stopped early has NaN metrics after its stop."""
     names, static = prep.names, prep.static
-    n_t = len(prep.targets)
-    out = jtu.tree_map(lambda *xs: np.concatenate(xs, axis=1), *saved_chunks)
+    m = int(np.asarray(state.k).shape[0])
+    if saved_chunks:
+        out = jtu.tree_map(lambda *xs: np.concatenate(xs, axis=1), *saved_chunks)
+    else:  # interrupted before the first chunk finished: nothing saved yet
+        out = {"__k__": np.zeros((m, 0), np.int64), "__log_t__": np.zeros((m, 0)),
+               **{name: np.zeros((m, 0)) for name in names}}
+    # The save points done: all of them, or those of the chunks that finished
+    # before an interrupt (the last chunk's padding repeats its final target).
+    n_t = min(len(prep.targets), out["__k__"].shape[1])
+    targets = prep.targets[:n_t]
     ks = out.pop("__k__")[:, :n_t]  # (M, T)
     log_ts_m = out.pop("__log_t__")[:, :n_t]
     params_hist = out.pop("__params__", None)
-    reached = ks == prep.targets[None, :]
+    reached = ks == targets[None, :]
 
     def mask(x):
         x = np.asarray(x)[:, :n_t]
@@ -435,7 +443,7 @@ def _assemble_batched(prep, state, saved_chunks, result, compile_time, wall_time
     log_ts = log_ts_m[ref]
     if prep.exact_time:
         with np.errstate(divide="ignore"):
-            log_ts = np.where(prep.targets > 0, np.log(np.maximum(prep.targets, 1)) + math.log(prep.lr), -np.inf)
+            log_ts = np.where(targets > 0, np.log(np.maximum(targets, 1)) + math.log(prep.lr), -np.inf)
     k_final = np.asarray(state.k).astype(np.int64)
     ok = np.asarray(state.ok)
     results = tuple(

@@ -220,6 +220,37 @@ def test_ensemble_descend_matches_single(two_layer_setup):
         np.testing.assert_array_equal(ens[i].log_ts, single.log_ts)
 
 
+
+@pytest.mark.parametrize("interrupt_at", [0, 2])
+def test_ensemble_descend_interrupted_keeps_the_chunks_done(two_layer_setup, monkeypatch, interrupt_at):
+    """A KeyboardInterrupt during chunk `interrupt_at` (chunks of 4 save points):
+    every member keeps the points of the chunks before it, bitwise those of an
+    uninterrupted run, ends at the last of them, and is marked interrupted. An
+    interrupt before any chunk finished returns an empty trajectory at θ0."""
+    from flowsolve import _descend
+
+    problem, models = two_layer_setup
+    kw = dict(lr=0.5, steps=200, metrics=("loss",), saveat=fs.SaveAt(num=20, spacing="linear", params=True), chunk=4)
+    full = fs.ensemble.descend(problem, models[:3], **kw)
+    real, calls = _descend.compile_and_run, []
+
+    def interrupting(*args):
+        calls.append(1)
+        if len(calls) == interrupt_at + 1:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(_descend, "compile_and_run", interrupting)
+    ens = fs.ensemble.descend(problem, models[:3], **kw)
+    kept = 4 * interrupt_at
+    assert ens.result is fs.RESULTS.interrupted and ens.results == (fs.RESULTS.interrupted,) * 3
+    assert ens.metrics["loss"].shape == (3, kept)
+    np.testing.assert_array_equal(ens.metrics["loss"], full.metrics["loss"][:, :kept])
+    np.testing.assert_array_equal(ens.log_ts, full.log_ts[:kept])
+    for i in range(3):
+        want = full.params.output[i, kept - 1] if kept else models[i].output
+        np.testing.assert_array_equal(ens[i].final.output, want)
+
 def test_ensemble_round_trips(tmp_path, two_layer_setup):
     problem, models = two_layer_setup
     ens = fs.ensemble.solve(fs.GradientFlow(problem), models[:2], **KW)
