@@ -23,12 +23,14 @@ _FORMAT = "flowsolve.checkpoint/1"
 
 def _fingerprint(setup: Setup, every: int) -> str:
     """What must match for a checkpoint to be resumed: the problem's data, the
-    initial point, the flow and model structure, the solver set-up and the save grid
-    (not `max_steps`, which a resumed run may raise)."""
+    initial point, the flow and model structure, every array of the flow and the
+    solver (a natural-gradient flow's damping, say), the solver set-up and the save
+    grid (not `max_steps`, which a resumed run may raise)."""
     h = hashlib.sha256()
     args = setup.args
     problem, y0, s_save = args[8], args[3], args[7]
-    for x in (problem.X, problem.y, s_save, args[4], args[5], *jtu.tree_leaves(y0)):
+    flow_and_solver = jtu.tree_leaves(eqx.filter((args[0], args[1]), eqx.is_array))
+    for x in (problem.X, problem.y, s_save, args[4], args[5], *jtu.tree_leaves(y0), *flow_and_solver):
         x = np.asarray(x)
         h.update(str((x.shape, x.dtype)).encode())
         h.update(np.ascontiguousarray(x).tobytes())
@@ -99,6 +101,9 @@ def solve_chunked(setup: Setup, stop, checkpoint, every: int):
         y, done, pieces, counts = saved["y"], saved["done"], saved["pieces"], saved["counts"]
         times["wall"] = saved.get("wall", 0.0)
         mode = saved.get("mode", mode)
+        plateaued = saved.get("stopped_by") == "plateau"
+    else:
+        plateaued = False
 
     # Progress across chunks is shown on the host, chunk by chunk (the in-solve bar
     # would only see one chunk's span).
@@ -111,8 +116,12 @@ def solve_chunked(setup: Setup, stop, checkpoint, every: int):
         bar.n = bounds[done] - s_start
         args[14] = diffrax.NoProgressMeter()
     result, stopped_by, t_final = RESULTS.successful, "horizon", bounds[done]
+    if plateaued:
+        # The checkpointed run had stopped on its plateau: it is finished, and the
+        # same call again returns it as it was (not one chunk more).
+        result, stopped_by = RESULTS.event_occurred, "plateau"
     try:
-        for c in range(done, n_chunks):
+        for c in range(done, done if plateaued else n_chunks):
             pts = s_save[c * every : (c + 1) * every]
             padded = np.concatenate([pts, np.full(every - len(pts), bounds[c + 1])])
             args[3] = jtu.tree_map(jnp.asarray, y)
@@ -163,6 +172,8 @@ def solve_chunked(setup: Setup, stop, checkpoint, every: int):
                 v_all = np.concatenate([p[1][stop.metric] for p in pieces])
                 if _plateau(stop, s_all, v_all):
                     result, stopped_by = RESULTS.event_occurred, "plateau"
+                    if path is not None:
+                        _write(path, {**pickle.loads(path.read_bytes()), "stopped_by": "plateau"})
                     break
     except KeyboardInterrupt:
         result, stopped_by = RESULTS.interrupted, "interrupted"

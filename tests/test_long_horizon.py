@@ -99,6 +99,28 @@ def test_checkpoint_of_another_solve_is_refused(logistic, tmp_path):
     path.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="not a flowsolve checkpoint"):
         fs.solve(logistic, checkpoint=path, **{**KW, "log_t1": 50.0})
+    # A flow that differs only in an array field (the damping of a natural-gradient
+    # flow: the same structure, other dynamics) is another solve too.
+    ngf = tmp_path / "ngf.ckpt"
+    kw = dict(t1=5.0, solver="tsit5", metrics=("loss",), saveat=fs.SaveAt(num=4), checkpoint=ngf)
+    fs.solve(fs.NaturalGradientFlow(logistic.problem, damping=0.1), **kw)
+    with pytest.raises(ValueError, match="different solve"):
+        fs.solve(fs.NaturalGradientFlow(logistic.problem, damping=10.0), **kw)
+
+
+def test_a_plateau_stopped_checkpoint_is_returned_as_it_was(logistic, tmp_path):
+    # The run is finished: calling it again with the same path must not go on by a
+    # chunk per call (it did: log t 452 → 955 → 1457).
+    stop = fs.Stop(metric="margin", rtol=1e-3, over=100.0)
+    kw = dict(KW, log_t1=3000.0, saveat=fs.SaveAt(num=60), stop=stop, checkpoint=tmp_path / "p.ckpt",
+              checkpoint_every=5)
+    first = fs.solve(logistic, **kw)
+    assert first.info["stopped_by"] == "plateau" and first.log_t_final < 3000.0
+    again = fs.solve(logistic, **kw)
+    assert again.result == fs.RESULTS.event_occurred and again.info["stopped_by"] == "plateau"
+    assert again.log_t_final == first.log_t_final
+    np.testing.assert_array_equal(again.metrics["margin"], first.metrics["margin"])
+    np.testing.assert_array_equal(again.final.weight, first.final.weight)
 
 
 @pytest.mark.parametrize(
