@@ -367,7 +367,9 @@ def solve(
         many steps as its slowest member for every member, so chunks of similar
         members (sort them by expected difficulty) can finish sooner; `1` solves the
         members one after another, unbatched, each with its own step count (on one
-        device bitwise the answers of `fs.solve`); `None` vmaps all of a device's
+        device bitwise the answers of `fs.solve` with the same solver: `"auto"` on
+        the linear clock picks one for all members from the stiffest of them);
+        `None` vmaps all of a device's
         members. `"auto"` (default): on CPU devices, `1` for piecewise-smooth flows
         (ReLU networks, `model.smooth == False`, whose step counts vary by orders of
         magnitude between members) and equal chunks of at most 32 for smooth ones
@@ -408,6 +410,7 @@ def solve(
         flow0, _index(y_stacked, 0), t1, log_t1=log_t1, t0=t0, clock=clock, solver=solver,
         rtol=rtol, atol=atol, dt0=dt0, saveat=saveat, metrics=metrics, progress=progress,
         max_steps=max_steps, error_norm=error_norm,
+        members=(flows if stacked_flows else None, eqx.filter(y_stacked, eqx.is_inexact_array)),
     )
     if batch_size is not None and batch_size != "auto" and (
         isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1

@@ -30,6 +30,7 @@ from ._solver import (
     evals_per_step,
     gauss_newton_size,
     is_adaptive,
+    max_spectral_radius,
     resolve_error_norm,
     resolve_solver,
     spectral_radius,
@@ -376,9 +377,11 @@ def _resolve_solver_cached(solver, **kwargs) -> tuple[diffrax.AbstractSolver, st
 
 def prepare(
     flow, model, t1, *, log_t1, t0, clock, solver, rtol, atol, dt0, saveat, metrics,
-    progress, max_steps, stop=None, error_norm="auto",
+    progress, max_steps, stop=None, error_norm="auto", members=None,
 ) -> Setup:
-    """Validate `solve`'s arguments and build the compiled program's inputs."""
+    """Validate `solve`'s arguments and build the compiled program's inputs.
+    `members`: for an ensemble, `(stacked flows or None, stacked initial points)`,
+    so that `"auto"`'s stiffness estimate covers every member."""
     if not isinstance(flow, AbstractFlow):
         raise ValueError(
             f"`flow` must be a flow such as fs.GradientFlow(problem), got {type(flow).__name__}."
@@ -405,7 +408,16 @@ def prepare(
         isinstance(solver, str) and solver.lower() == "auto" and clock == "linear"
         and num_params <= AUTO_IMPLICIT_MAX_PARAMS
     ):
-        stiffness = spectral_radius(flow.term(clock), s0, y0) * (s1 - s0)
+        if members is None:
+            stiffness = spectral_radius(flow.term(clock), s0, y0) * (s1 - s0)
+        else:
+            # An ensemble: the stiffest member decides, so that the choice does not
+            # depend on the members' order (member 0 alone once gave a stiff member
+            # Bosh3 and 92× its own steps).
+            terms, y0s = members
+            stacked = terms is not None
+            term = terms.term(clock) if stacked else flow.term(clock)
+            stiffness = max_spectral_radius(term, s0, y0s, stacked) * (s1 - s0)
     dsolver, solver_name = _resolve_solver_cached(
         solver, clock=clock, num_params=num_params, stiffness=stiffness, horizon=s1,
         smooth=bool(getattr(model, "smooth", True)),

@@ -122,6 +122,22 @@ def spectral_radius(term, s0, y0, iterations: int = 12):
     return float(_power_iteration(term, jnp.asarray(s0, jnp.result_type(float)), y0, iterations))
 
 
+def max_spectral_radius(term, s0, y0s, stacked_term: bool = False, iterations: int = 12):
+    """The largest `spectral_radius` over an ensemble's members (`y0s`: stacked
+    initial points; `stacked_term`: the term carries a member axis too), in one
+    vmapped call."""
+    return float(_max_power_iteration(term, jnp.asarray(s0, jnp.result_type(float)), y0s, stacked_term, iterations))
+
+
+@eqx.filter_jit
+def _max_power_iteration(term, s0, y0s, stacked_term, iterations):
+    if stacked_term:
+        rho = eqx.filter_vmap(lambda t, y: _power_iteration(t, s0, y, iterations))(term, y0s)
+    else:
+        rho = eqx.filter_vmap(lambda y: _power_iteration(term, s0, y, iterations))(y0s)
+    return jnp.max(rho)
+
+
 # Module level, so that it compiles once per flow structure: defined inside
 # `spectral_radius` it was a new function, traced and compiled (0.2 s on a
 # depth-3 factorisation) on every call.

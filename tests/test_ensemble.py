@@ -420,3 +420,29 @@ def test_progress_is_one_bar_over_members(two_layer_setup, capfd):
         err = capfd.readouterr().err
         assert "flowsolve ensemble" in err and "6/6" in err and "t = " not in err, err[-300:]
         np.testing.assert_allclose(shown.metrics["loss"], quiet.metrics["loss"], rtol=1e-12)
+
+
+@_ON_CPU
+def test_auto_solver_choice_does_not_depend_on_member_order():
+    """On the linear clock `"auto"` decides from a stiffness estimate; over an
+    ensemble the stiffest member decides. A ReLU network at init scale 30 is stiff
+    (ρ·t ≈ 6e4: Tsit5 → Rodas5P) and one at 0.1 is not (Bosh3 alone). Whatever
+    the order, both members get the switching solver, the stiff one the answer
+    `fs.solve` gives it, and permuting the members permutes the answers exactly
+    (member 0 alone once decided, and the stiff member took 92× its steps)."""
+    X, y = fs.datasets.separable_gaussian(n=10, d=3, seed=0)
+    keys = jr.split(jr.key(0), 2)
+    small = fs.models.TwoLayer(3, 4, key=keys[0], activation="relu", init_scale=0.1)
+    large = fs.models.TwoLayer(3, 4, key=keys[1], activation="relu", init_scale=30.0)
+    flow = fs.GradientFlow(fs.Problem(small, fs.losses.Squared(), X, np.asarray(X)[:, 0]))
+    kw = dict(t1=200.0, metrics=("loss",), saveat=fs.SaveAt(num=5), rtol=1e-6, max_steps=20000)
+    alone = fs.solve(flow, large, **kw)
+    assert alone.info["solver"] == "tsit5→rodas5p" and fs.solve(flow, small, **kw).info["solver"] == "bosh3"
+    a = fs.ensemble.solve(flow, [small, large], batch_size=1, **kw)
+    b = fs.ensemble.solve(flow, [large, small], batch_size=1, **kw)
+    assert a.info["stiffness"] == b.info["stiffness"]
+    assert a.info["stiffness"] == pytest.approx(alone.info["stiffness"], rel=1e-12)  # vmapped power iteration
+    np.testing.assert_array_equal(a.metrics["loss"], b.metrics["loss"][::-1])
+    np.testing.assert_array_equal(a.stats["num_steps"], b.stats["num_steps"][::-1])
+    np.testing.assert_array_equal(a.metrics["loss"][1], alone.metrics["loss"])
+    assert a.stats["num_steps"][1] == alone.stats["num_steps"]
