@@ -19,6 +19,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from ._compile import abstract_key, compile_and_run
 from ._descend import prepare_descent, run_descent_chunks
 from ._flow import AbstractFlow
+from ._metrics import resolve as resolve_metrics
 from ._models import AbstractModel
 from ._problem import Problem
 from ._results import RESULTS
@@ -404,6 +405,17 @@ def solve(
         if len(flow) != m:
             raise ValueError(f"Got {len(flow)} flows for {m} members; give one flow per member or one flow.")
         flows = stack(flow)
+        # `prepare` checks the metrics against flow 0's problem; a linear margin also
+        # needs every other member's data separable (checked once per data set).
+        seen = {(id(flow0.problem.X), id(flow0.problem.y))}
+        for i, f in enumerate(flow[1:], start=1):
+            key = (id(f.problem.X), id(f.problem.y))
+            if key not in seen:
+                seen.add(key)
+                try:
+                    resolve_metrics(metrics, f.problem, _index(y_stacked, 0))
+                except ValueError as e:
+                    raise ValueError(f"Member {i}'s flow: {e}") from None
     else:
         flows = flow
     setup = prepare(
@@ -422,6 +434,10 @@ def solve(
     n_dev = 1 if mesh is None else mesh.size
     if batch_size == "auto":
         batch_size = _auto_batch_size(flow0.problem.model, n_dev, m)
+    elif batch_size is not None and batch_size > 1 and batch_size >= -(-m // n_dev):
+        # One chunk holds every member of a device: all at once, without padding the
+        # ensemble to a multiple of the chunk (4 members at batch_size=64 solved 64).
+        batch_size = None
     if batch_size == 1 and n_dev == 1:
         out, compile_time, wall_time, interrupted_from = _one_after_another(
             setup, y_stacked, flow if stacked_flows else None, m

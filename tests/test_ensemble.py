@@ -446,3 +446,24 @@ def test_auto_solver_choice_does_not_depend_on_member_order():
     np.testing.assert_array_equal(a.stats["num_steps"], b.stats["num_steps"][::-1])
     np.testing.assert_array_equal(a.metrics["loss"][1], alone.metrics["loss"])
     assert a.stats["num_steps"][1] == alone.stats["num_steps"]
+
+
+def test_member_data_and_chunk_size_checks():
+    """Per-member data: a linear margin needs every member's data separable, as
+    `fs.solve` requires of one (only member 0's was checked, so the order decided
+    whether the call raised). A `batch_size` past the member count runs them all at
+    once instead of padding the ensemble with copies to fill the chunk."""
+    X, y = fs.datasets.separable_gaussian(n=12, d=3, seed=0)
+    Xn, yn = (np.array(a) for a in fs.datasets.separable_gaussian(n=12, d=3, seed=1))
+    Xn[1], yn[1] = Xn[0], -yn[0]  # the same input with both labels: no separator
+    model = fs.models.Linear(3)
+    sep = fs.GradientFlow(fs.Problem(model, fs.losses.Logistic(), X, y))
+    nonsep = fs.GradientFlow(fs.Problem(model, fs.losses.Logistic(), Xn, yn))
+    kw = dict(t1=5.0, metrics=("loss", "margin"), saveat=fs.SaveAt(num=3))
+    for flows, bad in (([sep, nonsep], "Member 1's flow"), ([nonsep, sep], "not linearly separable")):
+        with pytest.raises(ValueError, match=bad):
+            fs.ensemble.solve(flows, [model, model], **kw)
+    models = [fs.models.Linear(3, weight=[0.1 * i, 0.0, 0.0]) for i in range(4)]
+    ens = fs.ensemble.solve(sep, models, batch_size=64, shard=False, **kw)
+    assert ens.info["batch_size"] is None and ens.num_members == 4
+    np.testing.assert_array_equal(ens.metrics["loss"], fs.ensemble.solve(sep, models, batch_size=None, shard=False, **kw).metrics["loss"])
