@@ -122,18 +122,27 @@ def _stepper(problem, optimizer, lr) -> tuple[_AbstractStepper, str]:
     )
 
 
-def _save_steps(saveat: SaveAt, steps: int, lr) -> np.ndarray:
-    """Step indices of the save points (sorted, unique, within [0, steps])."""
+def _save_steps(saveat: SaveAt, steps: int, lr, loss_scaled: bool = False) -> np.ndarray:
+    """Step indices of the save points (sorted, unique, within [0, steps]). Save
+    times are snapped to the nearest step `k = round(t/η)`."""
     if saveat.ts is not None or saveat.log_ts is not None:
-        if callable(lr):
+        if callable(lr) or loss_scaled:
+            why = ("the time of loss-scaled GD's step k, t = Σ η/L(θ_j), is" if loss_scaled
+                   else "with a learning-rate schedule the time of each step is")
             raise ValueError(
-                "With a learning-rate schedule the time of each step is not known in "
-                "advance: give `SaveAt(num=..., spacing=...)` (save points in steps)."
+                f"Save times cannot be given in t here: {why} not known in advance. "
+                "Give `SaveAt(num=..., spacing=...)` (save points in steps)."
             )
         if saveat.ts is not None:
             ts = np.asarray(saveat.ts, dtype=float).ravel()
         else:
             ts = np.exp(np.asarray(saveat.log_ts, dtype=float).ravel())
+        if ts.size == 0:
+            raise ValueError("Save times must not be empty.")
+        if not np.all(np.isfinite(ts)):
+            raise ValueError("Save times must be finite.")
+        if np.any(np.diff(ts) < 0):
+            raise ValueError("Save times must be sorted in increasing order.")
         k = np.round(ts / float(lr)).astype(np.int64)
         if np.any(k < 0) or np.any(k > steps):
             raise ValueError(
@@ -156,7 +165,9 @@ def _chunk_program(args):
 
     def one_step(state):
         params, opt_state, log_dt = stepper.step(state.k, state.params, state.opt_state)
-        ok = _all_finite(params)
+        # A step of negative or NaN size (a schedule gone wrong) is not taken either:
+        # its log is NaN (a zero step is −inf and harmless).
+        ok = _all_finite(params) & ~jnp.isnan(log_dt)
         # Keep the last finite point: a non-finite step is not taken.
         params = jtu.tree_map(lambda new, old: jnp.where(ok, new, old), params, state.params)
         if exact_time:  # t = kη is computed at the save points instead
@@ -220,7 +231,9 @@ def descend(
     - `steps`: number of steps.
     - `saveat`: save points: `SaveAt(num=..., spacing="log"|"linear")` in step
         indices (log spacing by default), or `SaveAt(ts=...)` / `log_ts` in time
-        for a constant `lr`.
+        for a constant `lr` (not for a schedule or loss-scaled GD, whose step times
+        are not known in advance), each snapped to the nearest step `round(t/η)`
+        (times closer than a step apart give one point).
     - `metrics`: as in `fs.solve`.
     - `progress`: show a progress bar (in steps).
     - `chunk`: save points per compiled call; the run is interruptible between
@@ -229,7 +242,8 @@ def descend(
     **Returns:**
 
     A `fs.Trajectory` (`info["kind"] == "descent"`). A step that produces NaN/inf is
-    not taken: the run stops there with `result = RESULTS.nonfinite`.
+    not taken: the run stops there with `result = RESULTS.nonfinite`; so is a step
+    whose size a schedule gives as negative or NaN (`RESULTS.invalid_step_size`).
     """
     prep = prepare_descent(
         problem, model, optimizer=optimizer, lr=lr, steps=steps, saveat=saveat,
@@ -287,9 +301,9 @@ def prepare_descent(problem, model, *, optimizer, lr, steps, saveat, metrics, ch
     saveat = SaveAt() if saveat is None else saveat
     if not isinstance(saveat, SaveAt):
         raise ValueError(f"`saveat` must be a fs.SaveAt, got {type(saveat).__name__}.")
-    targets = _save_steps(saveat, steps, lr)
-    names, fns = _metrics.resolve(metrics, problem, model)
     stepper, opt_name = _stepper(problem, optimizer, lr)
+    targets = _save_steps(saveat, steps, lr, loss_scaled=isinstance(stepper, _LossScaledStepper))
+    names, fns = _metrics.resolve(metrics, problem, model)
     lr_dyn = lr if callable(lr) else jnp.asarray(lr, float)
     stepper = eqx.tree_at(lambda s: s.lr, stepper, lr_dyn)
     exact_time = not callable(lr) and not isinstance(stepper, _LossScaledStepper)
@@ -337,7 +351,7 @@ def run_descent_chunks(prep: DescentSetup, state: _State, *, batched: bool, prog
                 bar.n = int(np.min(np.asarray(state.k)))
                 bar.refresh()
             if not bool(np.all(np.asarray(state.ok))):
-                result = RESULTS.nonfinite
+                result = _failure(prep, np.min(np.asarray(state.k)[~np.asarray(state.ok)]))
                 if not batched or not bool(np.any(np.asarray(state.ok))):
                     break
     except KeyboardInterrupt:
@@ -348,6 +362,17 @@ def run_descent_chunks(prep: DescentSetup, state: _State, *, batched: bool, prog
     if batched:
         return _assemble_batched(prep, state, saved_chunks, result, compile_time, wall_time)
     return _assemble(prep, state, saved_chunks, result, compile_time, wall_time)
+
+
+def _failure(prep: DescentSetup, k: int) -> RESULTS:
+    """Why a step `k` was not taken: a schedule's step size that is not positive,
+    or else non-finite values."""
+    if callable(prep.lr):
+        with np.errstate(invalid="ignore"):
+            eta = float(np.asarray(prep.lr(int(k))))
+        if not eta >= 0:
+            return RESULTS.invalid_step_size
+    return RESULTS.nonfinite
 
 
 def _batched_chunk_program(args):
@@ -447,7 +472,7 @@ def _assemble_batched(prep, state, saved_chunks, result, compile_time, wall_time
     k_final = np.asarray(state.k).astype(np.int64)
     ok = np.asarray(state.ok)
     results = tuple(
-        RESULTS.successful if o else RESULTS.nonfinite for o in ok
+        RESULTS.successful if o else _failure(prep, int(k)) for o, k in zip(ok, k_final)
     )
     if result is RESULTS.interrupted:
         results = tuple(RESULTS.interrupted if r.success else r for r in results)

@@ -20,6 +20,10 @@ class RESULTS(enum.Enum):
         "data and the model, and use float64 (`jax.config.update('jax_enable_x64', "
         "True)`)."
     )
+    invalid_step_size = (
+        "A step size was not positive (the learning-rate schedule returned η < 0 or "
+        "NaN at the step where the run stopped); the run keeps the points before it."
+    )
     solver_failed = (
         "The integrator failed (e.g. the implicit solver's root finder did not "
         "converge). Try tighter root-finder tolerances or another solver."

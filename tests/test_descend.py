@@ -116,6 +116,22 @@ def test_divergence_stops_with_the_last_finite_point():
     assert np.all(np.isfinite(tr.metrics["log_loss"]))  # the loss itself overflows
 
 
+
+def test_a_schedule_turning_negative_stops_before_that_step(logistic_problem):
+    # η_k = 0.1 for k < 5, then −0.1: gradient ascent on a time axis that runs
+    # backwards (it came back "successful" with NaN times). The five steps before
+    # it are kept, equal to a run of five steps.
+    problem, model = logistic_problem
+    kw = dict(optimizer="gd", metrics=("loss",), saveat=fs.SaveAt(num=20, spacing="linear"))
+    tr = fs.descend(problem, model, lr=lambda k: jnp.where(k < 5, 0.1, -0.1), steps=40, **kw)
+    five = fs.descend(problem, model, lr=0.1, steps=5, **kw)
+    assert tr.result is fs.RESULTS.invalid_step_size and not tr.success
+    assert tr.stats["num_steps"] == 5
+    np.testing.assert_array_equal(tr.final.weight, five.final.weight)
+    assert tr.log_t_final == pytest.approx(np.log(0.5), rel=1e-12)
+    assert np.all(np.isfinite(tr.log_ts[1:])) and np.all(np.diff(tr.log_ts) > 0)
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
@@ -125,6 +141,10 @@ def test_divergence_stops_with_the_last_finite_point():
         (dict(optimizer="adam"), "Unknown optimizer"),
         (dict(lr=optax.constant_schedule(0.1), saveat=fs.SaveAt(ts=[1.0])), "schedule"),
         (dict(lr=0.1, steps=10, saveat=fs.SaveAt(ts=[5.0])), "Save times"),
+        (dict(optimizer="loss-scaled-gd", saveat=fs.SaveAt(ts=[0.0, 5.0])), "loss-scaled GD"),
+        (dict(lr=0.1, saveat=fs.SaveAt(ts=[])), "not be empty"),
+        (dict(lr=0.1, saveat=fs.SaveAt(ts=[3.0, 1.0])), "sorted"),
+        (dict(lr=0.1, saveat=fs.SaveAt(ts=[0.0, np.nan])), "finite"),
         (dict(metrics=("nope",)), "Unknown metric"),
     ],
 )
