@@ -1,5 +1,9 @@
 import dataclasses
+import importlib
+import io
 import pickle
+import types
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +15,76 @@ from ._results import RESULTS
 
 
 _FORMAT = "flowsolve.Trajectory/1"
+
+
+def _import_attr(module: str, qualname: str):
+    obj = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+class _Pickler(pickle.Pickler):
+    """Pickles JAX's wrapped functions by their import path. `jax.nn.relu`,
+    `jnp.tanh` and the like are jitted or custom-derivative objects around a plain
+    function of the same name, which pickle cannot find by that name ("not the same
+    object"): any model with such an activation (`eqx.nn.MLP` by default) could
+    not be saved."""
+
+    def reducer_override(self, obj):
+        if not callable(obj) or isinstance(obj, (type, types.FunctionType, types.BuiltinFunctionType)):
+            return NotImplemented
+        module, qualname = getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)
+        if isinstance(module, str) and isinstance(qualname, str) and "<" not in qualname:
+            try:
+                if _import_attr(module, qualname) is obj:
+                    return _import_attr, (module, qualname)
+            except (ImportError, AttributeError):
+                pass
+        return NotImplemented
+
+
+def _dumps(payload) -> bytes:
+    buf = io.BytesIO()
+    _Pickler(buf, protocol=pickle.HIGHEST_PROTOCOL).dump(payload)
+    return buf.getvalue()
+
+
+_LEAVES = "flowsolve.leaves/1"
+
+
+def _leaves_record(model):
+    if model is None:
+        return None
+    leaves = jtu.tree_leaves(eqx.filter(model, eqx.is_array))
+    return {"format": _LEAVES, "type": type(model).__name__, "leaves": [np.asarray(x) for x in leaves]}
+
+
+def _from_record(value, like, path):
+    """A model saved whole, or rebuilt from its arrays into `like`'s structure."""
+    if not (isinstance(value, dict) and value.get("format") == _LEAVES):
+        return value
+    leaves = value["leaves"]
+    if like is None:
+        warnings.warn(
+            f"{path} holds the arrays of its {value['type']} models only (their "
+            "structure could not be saved); pass `like=` a model of that structure "
+            "to get models back. Returning the arrays as a list.",
+            UserWarning,
+            stacklevel=3,
+        )
+        return leaves
+    arrays, rest = eqx.partition(like, eqx.is_array)
+    like_leaves, treedef = jtu.tree_flatten(arrays)
+    if len(like_leaves) != len(leaves) or any(
+        np.shape(a)[np.ndim(a) - np.ndim(b):] != np.shape(b) for a, b in zip(leaves, like_leaves)
+    ):
+        raise ValueError(
+            f"`like` does not match the saved arrays: {type(like).__name__} has shapes "
+            f"{[np.shape(x) for x in like_leaves]}, the file "
+            f"{[np.shape(x) for x in leaves]} (possibly with leading save or member axes)."
+        )
+    return eqx.combine(jtu.tree_unflatten(treedef, leaves), rest)
 
 
 def _to_numpy(tree):
@@ -149,13 +223,22 @@ class Trajectory:
             "results": None if self.results is None else [r.name for r in self.results],
         }
         try:
-            data = pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
+            data = _dumps(payload)
         except (pickle.PicklingError, AttributeError, TypeError) as e:
-            raise ValueError(
-                "This trajectory's model cannot be saved: a part of it (for example a "
-                "lambda used as activation) cannot be pickled. Use a function defined "
-                f"at module level instead. ({e})"
-            ) from e
+            # A part of the model that is not an array (a lambda as activation, as in
+            # eqx.nn.MLP's default final activation) cannot be pickled. Keep the
+            # arrays, which are everything the run computed; `load(path, like=model)`
+            # puts them back into the model's structure.
+            warnings.warn(
+                f"{type(self.final).__name__}'s non-array parts cannot be pickled ({e}); "
+                "saved its arrays only. Load with `fs.Trajectory.load(path, like=model)` "
+                "to get models back.",
+                UserWarning,
+                stacklevel=2,
+            )
+            payload["params"] = _leaves_record(self.params)
+            payload["final"] = _leaves_record(self.final)
+            data = _dumps(payload)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_bytes(data)
@@ -163,19 +246,26 @@ class Trajectory:
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "Trajectory":
-        """Read a trajectory written by `save`. Only load files you trust (pickle)."""
+    def load(cls, path: str | Path, like: Any = None) -> "Trajectory":
+        """Read a trajectory written by `save`. Only load files you trust (pickle).
+
+        `like`: a model of the same structure (θ0, say), to rebuild the models of a
+        trajectory whose model could not be pickled whole (`save` then keeps its
+        arrays and warns); without it their arrays come back as a list."""
         path = Path(path)
         with path.open("rb") as f:
-            payload = pickle.load(f)
+            try:
+                payload = pickle.load(f)
+            except (pickle.UnpicklingError, EOFError, ValueError, IndexError) as e:
+                raise ValueError(f"{path} is not a flowsolve trajectory file ({e}).") from None
         if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
             raise ValueError(f"{path} is not a flowsolve trajectory file.")
         return cls(
             ts=payload["ts"],
             log_ts=payload["log_ts"],
             metrics=payload["metrics"],
-            params=payload["params"],
-            final=payload["final"],
+            params=_from_record(payload["params"], like, path),
+            final=_from_record(payload["final"], like, path),
             log_t_final=payload["log_t_final"],
             result=RESULTS[payload["result"]],
             stats=payload["stats"],

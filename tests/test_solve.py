@@ -5,6 +5,7 @@ import math
 
 import diffrax
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
@@ -384,6 +385,36 @@ def test_load_rejects_other_files(tmp_path):
     p.write_bytes(pickle.dumps({"hello": 1}))
     with pytest.raises(ValueError, match="not a flowsolve trajectory"):
         fs.Trajectory.load(p)
+    p.write_text("not a pickle at all\n")
+    with pytest.raises(ValueError, match="not a flowsolve trajectory"):
+        fs.Trajectory.load(p)
+
+
+def test_models_with_jax_activations_and_lambdas_are_saved(tmp_path, getkey):
+    # jax.nn.relu and jnp.tanh are wrappers that pickle cannot find by name; they are
+    # stored by import path and come back as the same objects. eqx.nn.MLP holds a
+    # lambda (its final activation), which cannot be pickled at all: its arrays are
+    # saved (with a warning) and `like=` rebuilds the models, equal to the originals.
+    X, y = separable_data(n=10, d=3)
+    for act in (jax.nn.relu, jnp.tanh):
+        model = fs.models.TwoLayer(3, 4, key=getkey(), activation=act)
+        sol = fs.solve(fs.GradientFlow(fs.Problem(model, fs.losses.Logistic(), X, y)), model, t1=1.0,
+                       metrics=("loss",))
+        assert fs.Trajectory.load(sol.save(tmp_path / "two.traj")).final.activation is act
+    mlp = eqx.nn.MLP(3, "scalar", 4, 1, activation=jax.nn.relu, key=getkey())
+    problem = fs.Problem(mlp, fs.losses.Logistic(), X, y)
+    sol = fs.solve(fs.GradientFlow(problem), mlp, t1=1.0, metrics=("loss",), saveat=fs.SaveAt(num=3, params=True))
+    with pytest.warns(UserWarning, match="arrays only"):
+        path = sol.save(tmp_path / "mlp.traj")
+    with pytest.warns(UserWarning, match="like="):
+        raw = fs.Trajectory.load(path)
+    assert isinstance(raw.final, list) and len(raw.final) == 4
+    back = fs.Trajectory.load(path, like=mlp)
+    np.testing.assert_array_equal(back.metrics["loss"], sol.metrics["loss"])
+    np.testing.assert_array_equal(back.params.layers[1].weight, sol.params.layers[1].weight)
+    np.testing.assert_array_equal(problem.predict(back.final), problem.predict(sol.final))
+    with pytest.raises(ValueError, match="does not match"):
+        fs.Trajectory.load(path, like=eqx.nn.MLP(3, "scalar", 5, 1, key=getkey()))
 
 
 def test_stats_and_compile_cache():
