@@ -391,6 +391,17 @@ def convergence(
     if not isinstance(metric, str):
         raise ValueError(f"`metric` must be a metric name, got {metric!r}.")
     ref = _reference_values(reference, reference_label)
+    want_norm = {"margin": 2, "margin_gap": 2, "margin_l1": 1, "margin_l1_gap": 1}.get(metric)
+    if isinstance(reference, MaxMargin) and want_norm is not None and reference.norm != want_norm:
+        # An ℓ1 optimum drawn against the ℓ2 margin (or the reverse) is another
+        # quantity: the flow would seem to overshoot it, and a gap turn negative.
+        right = "margin_l1" if reference.norm == 1 else "margin"
+        raise ValueError(
+            f"`reference` is the ℓ{reference.norm} max margin, but `metric={metric!r}` is "
+            f"the ℓ{want_norm} margin. Compare it with metric={right!r}"
+            f"{' (or ' + repr(right + '_gap') + ')'}, or pass "
+            f"fs.reference.max_margin(X, y, norm={want_norm})."
+        )
     if metric in _GAPS:
         if ref is None:
             norm = 1 if metric == "margin_l1_gap" else 2

@@ -153,6 +153,14 @@ def test_reference_line_number_and_max_margin():
     (ref,) = _reference_lines(ax)
     np.testing.assert_allclose(ref.get_ydata(), [svm.margin, svm.margin])
     assert any("γ*" in t.get_text() for t in ax.get_legend().get_texts())
+    # The ℓ1 optimum is another quantity than the ℓ2 margin (here 2/3 against
+    # 2/√5: drawn on an ℓ2 panel it reads as a wrong optimum).
+    lp = fs.reference.max_margin(X, y, norm=1)
+    for metric in ("margin", "margin_gap"):
+        with pytest.raises(ValueError, match="ℓ1 max margin"):
+            fs.plot.convergence(traj, metric, reference=lp)
+    with pytest.raises(ValueError, match="ℓ2 max margin"):
+        fs.plot.convergence(traj, "margin_l1", reference=svm)
 
 
 def test_margin_gap():
