@@ -108,6 +108,12 @@ def _members(models, what: str, template=None) -> tuple[object, int]:
         raise ValueError(f"The stacked `{what}` has inconsistent leading sizes {sorted(sizes)}.")
     if template is not None:
         ref = jtu.tree_leaves(eqx.filter(template, eqx.is_inexact_array))
+        if len(ref) == len(leaves) and all(x.shape == r.shape for x, r in zip(leaves, ref)):
+            raise ValueError(
+                f"`{what}` is one model with the problem's parameter shapes, not an "
+                "ensemble: pass a list of models, or one model whose arrays carry a "
+                "leading member axis (fs.ensemble.stack([...]))."
+            )
         if len(ref) != len(leaves) or any(x.shape[1:] != r.shape for x, r in zip(leaves, ref)):
             raise ValueError(
                 f"`{what}` must be a list of models or one model whose parameter arrays "

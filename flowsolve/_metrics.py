@@ -123,6 +123,7 @@ def smoothed_margin(problem: Problem, model: eqx.Module) -> Array:
 
 def train_error(problem: Problem, model: eqx.Module) -> Array:
     """Fraction of training points with margin ≤ 0 (classification)."""
+    problem.require_classification("The training error")
     return jnp.mean(problem.margins(model) <= 0)
 
 

@@ -65,9 +65,18 @@ def check_initial_model(problem, model) -> eqx.Module:
         return problem.model
     ref = eqx.filter(problem.model, eqx.is_inexact_array)
     got = eqx.filter(model, eqx.is_inexact_array)
-    if jtu.tree_structure(ref) != jtu.tree_structure(got) or any(
-        a.shape != b.shape for a, b in zip(jtu.tree_leaves(ref), jtu.tree_leaves(got))
-    ):
+    ref_leaves, got_leaves = jtu.tree_leaves(ref), jtu.tree_leaves(got)
+    same_shapes = len(ref_leaves) == len(got_leaves) and all(
+        a.shape == b.shape for a, b in zip(ref_leaves, got_leaves)
+    )
+    if same_shapes and jtu.tree_structure(ref) != jtu.tree_structure(got):
+        raise ValueError(
+            f"The initial model has the parameter shapes of the problem's model "
+            f"({type(problem.model).__name__}) but differs in a non-array field (e.g. "
+            "activation, scaling, which layers train). Build θ0 with the same settings "
+            "as the problem's model."
+        )
+    if jtu.tree_structure(ref) != jtu.tree_structure(got) or not same_shapes:
         raise ValueError(
             "The initial model must have the same structure and parameter shapes as "
             f"the problem's model ({type(problem.model).__name__}); got "

@@ -263,7 +263,7 @@ def test_ensemble_round_trips(tmp_path, two_layer_setup):
 def test_bad_ensemble_arguments(two_layer_setup):
     problem, models = two_layer_setup
     flow = fs.GradientFlow(problem)
-    with pytest.raises(ValueError, match="leading member axis"):
+    with pytest.raises(ValueError, match="one model with the problem's parameter shapes, not an ensemble"):
         fs.ensemble.solve(flow, models[0], t1=1.0)
     with pytest.raises(ValueError, match="one flow per member"):
         fs.ensemble.solve([flow, flow], models[:3], t1=1.0)

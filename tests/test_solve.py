@@ -495,6 +495,12 @@ def test_bad_solve_arguments(small_problem, kwargs, match):
 def test_bad_initial_model(small_problem):
     with pytest.raises(ValueError, match="same structure"):
         fs.solve(fs.GradientFlow(small_problem), fs.models.Linear(4), t1=1.0)
+    # Same shapes, another activation: said as such, not as a shape mismatch.
+    X = np.ones((3, 2))
+    relu = fs.models.TwoLayer(2, 4, key=jr.key(0), activation="relu")
+    problem = fs.Problem(relu, fs.losses.Logistic(), X, np.ones(3))
+    with pytest.raises(ValueError, match="non-array field"):
+        fs.solve(fs.GradientFlow(problem), fs.models.TwoLayer(2, 4, key=jr.key(0), activation="tanh"), t1=1.0)
 
 
 def test_margin_of_regression_data():
@@ -502,6 +508,8 @@ def test_margin_of_regression_data():
     problem = fs.Problem(fs.models.Linear(2), fs.losses.Squared(), X, np.arange(4.0))
     with pytest.raises(ValueError, match="classification loss"):
         fs.solve(fs.GradientFlow(problem), t1=1.0, metrics=("margin",))
+    with pytest.raises(ValueError, match="training error needs a classification loss"):
+        fs.solve(fs.GradientFlow(problem), t1=1.0, metrics=("train_error",))
 
 
 def test_margin_of_non_separable_data():
