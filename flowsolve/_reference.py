@@ -834,7 +834,12 @@ def diagonal_implicit_bias(
             break
         g_norm = float(np.linalg.norm(g))
         t = min(1.0, 2.0 / da)
-        while t * da > 1e-14:
+        # Stop at rounding level of the dual a = Vβ: 1e-14 absolute for |a| ≥ 1, and
+        # relative below (at k ≥ 1e14 the dual is that small, and an absolute floor
+        # stopped Newton at its first step).
+        a_max = float(np.max(np.abs(V @ beta)))
+        floor = 1e-14 * min(1.0, a_max if a_max > 0 else da)
+        while t * da > floor:
             F_new, w_new, h_new = evaluate(beta + t * step)
             if np.isfinite(F_new) and (
                 F_new <= F + 1e-4 * t * slope

@@ -229,6 +229,11 @@ def test_implicit_bias_large_k_is_min_l2():
     assert errors[-1] < 1e-7
     for coarse, fine in zip(errors, errors[1:]):
         np.testing.assert_allclose(coarse / fine, 100.0, rtol=0.1)
+    # Far into the kernel regime (α ≥ 1e7 in k = α²) the O(1/k²) term is below
+    # rounding: X⁺y to 1e-12 (the Newton line search once stopped at its first step
+    # there, its floor absolute while the dual shrinks like 1/k).
+    for k in [1e14, 1e16]:
+        np.testing.assert_allclose(ref.diagonal_implicit_bias(X, y, k).w, w2, atol=1e-12 * np.abs(w2).max())
 
 
 def test_implicit_bias_small_k_is_min_l1():
