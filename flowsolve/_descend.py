@@ -226,7 +226,9 @@ def descend(
         Lyu & Li 2019, formed in the log domain); a flow (Euler steps along it, e.g.
         `fs.NaturalGradientFlow(problem, damping=1e-3)`); or any optax
         `GradientTransformation` (its own learning rate applies; `lr` then only
-        sets the time per step).
+        sets the time per step). The compiled loop is cached per optax object (and
+        per schedule function): build it once and reuse it across calls, since a
+        new `optax.adam(1e-2)` on every call compiles again (~0.5 s).
     - `lr`: the step size η, or a schedule `k -> η_k` (e.g. an optax schedule).
     - `steps`: number of steps.
     - `saveat`: save points: `SaveAt(num=..., spacing="log"|"linear")` in step
