@@ -231,9 +231,16 @@ def _check_applies(name: str, fn, problem: Problem, model: eqx.Module, structure
         _APPLIES.move_to_end(key)
         return
     try:
-        eqx.filter_eval_shape(fn, problem, model)
+        out = eqx.filter_eval_shape(fn, problem, model)
     except (ValueError, NotImplementedError) as e:
         raise ValueError(f"Metric {name!r} does not apply here: {e}") from e
+    leaves = jtu.tree_leaves(out)
+    if not leaves or not all(isinstance(x, jax.ShapeDtypeStruct) for x in leaves):
+        raise ValueError(
+            f"Metric {name!r} must return a JAX array (or a pytree of them) computed "
+            f"from `(problem, model)`; it returned {out!r}. Wrap a constant in "
+            "jnp.asarray, or compute it from the model."
+        )
     if key is not None:
         _APPLIES[key] = None
         while len(_APPLIES) > _MAX_APPLIES:

@@ -276,7 +276,8 @@ def solve(
         report it; `info["stiffness"]` is a JVP power-iteration estimate of the
         Jacobian's spectral radius at θ0 × the span. Piecewise-smooth flows (ReLU
         networks, `model.smooth == False`) get Bosh3, or the switch on the log
-        clock up to 2000 parameters. Named implicit Runge–Kutta solvers
+        clock up to 2000 parameters (and on the linear clock where the stiffness
+        estimate says the flow is stiff). Named implicit Runge–Kutta solvers
         (`"kvaerno*"`) use Newton with the controller's tolerances.
     - `rtol`, `atol`: tolerances of the adaptive step-size controller.
     - `error_norm`: what each parameter's local error is relative to:
@@ -319,6 +320,16 @@ def solve(
         atol=atol, dt0=dt0, saveat=saveat, metrics=metrics, progress=progress,
         max_steps=max_steps, stop=stop, error_norm=error_norm,
     )
+    if stop is not None and stop.log_target is not None:
+        # The stopping event fires where log L − target changes sign, so a target the
+        # initial loss already meets would never fire (the run went to the horizon).
+        log_l0 = float(setup.flow.problem.log_loss(setup.model))
+        if log_l0 <= stop.log_target:
+            raise ValueError(
+                f"The initial model already meets the stopping rule: log L(θ0) = "
+                f"{log_l0:.6g} ≤ the target {stop.log_target:.6g}. Lower the target "
+                "(`Stop(loss_below=...)` / `log_loss_below=`), or start from another model."
+            )
     if stop is not None and stop.metric is not None and stop.metric not in setup.names:
         raise ValueError(
             f"`Stop(metric={stop.metric!r})` watches a metric that is not recorded; add "

@@ -137,6 +137,15 @@ def test_bad_stop(kwargs, match):
         fs.Stop(**kwargs)
 
 
+def test_stop_already_met_at_the_start_is_an_error(logistic):
+    # L(θ0) = log 2 at w = 0: a target above it can never be crossed (the event
+    # fires on a sign change), and the run went silently to the horizon.
+    with pytest.raises(ValueError, match="already meets the stopping rule"):
+        fs.solve(logistic, stop=fs.Stop(loss_below=2.0), **KW)
+    with pytest.raises(ValueError, match="already meets the stopping rule"):
+        fs.solve(logistic, stop=fs.Stop(log_loss_below=0.0), **KW)
+
+
 def test_stop_metric_must_be_recorded(logistic):
     with pytest.raises(ValueError, match="not recorded"):
         fs.solve(logistic, stop=fs.Stop(metric="param_norm"), **KW)

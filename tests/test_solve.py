@@ -503,6 +503,14 @@ def test_bad_initial_model(small_problem):
         fs.solve(fs.GradientFlow(problem), fs.models.TwoLayer(2, 4, key=jr.key(0), activation="tanh"), t1=1.0)
 
 
+@pytest.mark.parametrize("returned", ["hi", None, 1.0, {"a": 1.0}])
+def test_a_metric_must_return_arrays(small_problem, returned):
+    # It crashed inside diffrax ('str' object has no attribute 'shape'), or, for
+    # None, recorded nothing without a word.
+    with pytest.raises(ValueError, match="must return a JAX array"):
+        fs.solve(fs.GradientFlow(small_problem), t1=1.0, metrics={"x": lambda p, m: returned})
+
+
 def test_margin_of_regression_data():
     X = np.ones((4, 2))
     problem = fs.Problem(fs.models.Linear(2), fs.losses.Squared(), X, np.arange(4.0))
