@@ -483,7 +483,10 @@ def convergence(
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns
                 med = np.nanmedian(y, axis=1)
-                lo, hi = np.nanmin(y, axis=1), np.nanmax(y, axis=1)
+                # The range over the drawable values: one diverged member's inf
+                # would otherwise blank the whole band at that point.
+                finite = np.where(np.isfinite(y), y, np.nan)
+                lo, hi = np.nanmin(finite, axis=1), np.nanmax(finite, axis=1)
             (line,) = ax.plot(x, med, style, color=color, linewidth=_LINEWIDTH,
                               label=f"{name} (median, range of {traj.num_members})")
             ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)

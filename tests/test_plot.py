@@ -1,3 +1,4 @@
+import dataclasses
 import math
 import subprocess
 import sys
@@ -280,6 +281,21 @@ def test_ensemble_is_drawn_as_median_and_range():
     keep = ens.ts > 0  # t = 0 is dropped on the log axis
     np.testing.assert_allclose(line.get_ydata(), np.median(ens.metrics["margin"][:, keep], axis=0))
     assert len(ax.collections) == 1  # the shaded min–max band
+
+
+def test_ensemble_band_spans_the_finite_members_where_one_diverged():
+    # Member 2's loss overflows to inf at the third point: the band there spans the
+    # other members (it was blank: inf has no place on the axis).
+    log_ts = np.linspace(0.0, 3.0, 4)
+    loss = np.array([[1.0, 0.5, 0.2, 0.1], [2.0, 1.0, 0.4, 0.3], [1.5, 9.0, np.inf, np.nan]])
+    base = _traj(log_ts, {"loss": loss[0]})
+    ens = dataclasses.replace(base, metrics={"loss": loss}, results=(fs.RESULTS.successful,) * 2
+                              + (fs.RESULTS.nonfinite,))
+    _, ax = fs.plot.convergence(ens, "loss")
+    (band,) = ax.collections
+    verts = band.get_paths()[0].vertices
+    at = np.isclose(verts[:, 0], np.exp(log_ts[2]))
+    np.testing.assert_allclose(sorted(set(verts[at, 1])), [0.2, 0.4])
 
 
 def _rich_long_traj(log_t1=1e4, num=60, method="GradientFlow", kind="flow"):
