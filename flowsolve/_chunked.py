@@ -18,7 +18,8 @@ from ._solve import Setup, _program, finish, result_of
 from ._solver import AutoSwitch
 
 
-_FORMAT = "flowsolve.checkpoint/1"
+#: /2: the fingerprint covers every array of the flow and the solver.
+_FORMAT = "flowsolve.checkpoint/2"
 
 
 def _fingerprint(setup: Setup, every: int) -> str:
@@ -90,6 +91,12 @@ def solve_chunked(setup: Setup, stop, checkpoint, every: int):
                 saved = pickle.load(f)
         except (pickle.UnpicklingError, EOFError, AttributeError, ValueError):
             saved = None
+        if isinstance(saved, dict) and str(saved.get("format", "")).startswith("flowsolve.checkpoint/") \
+                and saved["format"] != _FORMAT:
+            raise ValueError(
+                f"{path} was written by another version of flowsolve ({saved['format']}; this "
+                f"one reads {_FORMAT}). Remove it to start afresh, or pass another `checkpoint=` path."
+            )
         if not isinstance(saved, dict) or saved.get("format") != _FORMAT:
             raise ValueError(f"{path} is not a flowsolve checkpoint; remove it or pick another path.")
         if saved["fingerprint"] != fingerprint:

@@ -1,6 +1,8 @@
 """Stopping rules, checkpoint/resume and long log-clock horizons for homogeneous
 networks."""
 
+import pickle
+
 import jax.random as jr
 import numpy as np
 import pytest
@@ -98,6 +100,9 @@ def test_checkpoint_of_another_solve_is_refused(logistic, tmp_path):
         fs.solve(logistic, checkpoint=path, **{**KW, "log_t1": 60.0})
     path.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="not a flowsolve checkpoint"):
+        fs.solve(logistic, checkpoint=path, **{**KW, "log_t1": 50.0})
+    path.write_bytes(pickle.dumps({"format": "flowsolve.checkpoint/1", "fingerprint": "x"}))
+    with pytest.raises(ValueError, match="another version of flowsolve"):
         fs.solve(logistic, checkpoint=path, **{**KW, "log_t1": 50.0})
     # A flow that differs only in an array field (the damping of a natural-gradient
     # flow: the same structure, other dynamics) is another solve too.
