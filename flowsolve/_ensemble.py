@@ -374,8 +374,9 @@ def solve(
         many steps as its slowest member for every member, so chunks of similar
         members (sort them by expected difficulty) can finish sooner; `1` solves the
         members one after another, unbatched, each with its own step count (on one
-        device bitwise the answers of `fs.solve` with the same solver: `"auto"` on
-        the linear clock picks one for all members from the stiffest of them);
+        device bitwise the answers of `fs.solve` with the same solver: for ReLU
+        networks `"auto"` on the linear clock picks one for all members from the
+        stiffest of them);
         `None` vmaps all of a device's
         members. `"auto"` (default): on CPU devices, `1` for piecewise-smooth flows
         (ReLU networks, `model.smooth == False`, whose step counts vary by orders of
