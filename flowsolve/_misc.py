@@ -1,5 +1,6 @@
 """Small numerical helpers shared across the package."""
 
+import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike
 
@@ -19,11 +20,16 @@ def safe_norm(x: ArrayLike, ord: int | float = 2) -> Array:
     if ord == 1:
         return jnp.sum(jnp.abs(x))
     # Scaled by max|x| so that the squares neither overflow (entries past ~1e154)
-    # nor underflow (below ~1e-154).
-    big = jnp.max(jnp.abs(x), initial=0.0)
+    # nor underflow (below ~1e-154). The norm does not depend on the scale, so no
+    # gradient goes through it (through it, the backward pass forms scale³ and
+    # overflows).
+    big = jax.lax.stop_gradient(jnp.max(jnp.abs(x), initial=0.0))
     nonzero = big > 0
     safe = jnp.where(nonzero, big, 1.0)
-    return jnp.where(nonzero, safe * jnp.sqrt(jnp.sum((x / safe) ** 2)), 0.0)
+    # The sum is ≥ 1 where x ≠ 0; at x = 0 the inner `where` keeps sqrt off 0, whose
+    # infinite derivative would make the gradient NaN (it is 0 there).
+    sq = jnp.sum((x / safe) ** 2)
+    return jnp.where(nonzero, safe * jnp.sqrt(jnp.where(nonzero, sq, 1.0)), 0.0)
 
 
 def safe_divide(num: ArrayLike, den: ArrayLike) -> Array:

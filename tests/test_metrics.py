@@ -150,3 +150,16 @@ def test_margins_are_scale_invariant_past_the_square_range(scale):
     assert float(fs.metrics.param_norm(problem, big)) == pytest.approx(5.0 * scale, rel=1e-15)
     for fn in (fs.metrics.margin, fs.metrics.margin_l1):
         assert float(fn(problem, big)) == pytest.approx(float(fn(problem, model)), rel=1e-14), fn.__name__
+
+
+def test_norm_gradient_is_x_over_norm_and_zero_at_zero():
+    # d‖x‖/dx = x/‖x‖ (here (3, −4, 0)/5), and the documented 0 at x = 0 (not NaN:
+    # sqrt's derivative at 0 is infinite), also for entries past the square range.
+    import jax
+
+    from flowsolve._misc import safe_norm
+
+    np.testing.assert_array_equal(jax.grad(safe_norm)(jnp.zeros(3)), np.zeros(3))
+    for scale in (1.0, 1e160, 1e-160):
+        g = jax.grad(safe_norm)(scale * jnp.array([3.0, -4.0, 0.0]))
+        np.testing.assert_allclose(g, [0.6, -0.8, 0.0], rtol=1e-15)
