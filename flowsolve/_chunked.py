@@ -168,19 +168,20 @@ def solve_chunked(setup: Setup, stop, checkpoint, every: int):
                 result, stopped_by = r, "loss" if r is RESULTS.event_occurred else "failure"
                 break
             done = c + 1
+            state = {
+                "format": _FORMAT, "fingerprint": fingerprint, "y": y, "done": done,
+                "pieces": pieces, "counts": counts, "wall": times["wall"],
+                "mode": dict(mode),
+            }
             if path is not None:
-                _write(path, {
-                    "format": _FORMAT, "fingerprint": fingerprint, "y": y, "done": done,
-                    "pieces": pieces, "counts": counts, "wall": times["wall"],
-                    "mode": dict(mode),
-                })
+                _write(path, state)
             if stop is not None and stop.metric is not None and done < n_chunks:
                 s_all = np.concatenate([p[0] for p in pieces])
                 v_all = np.concatenate([p[1][stop.metric] for p in pieces])
                 if _plateau(stop, s_all, v_all):
                     result, stopped_by = RESULTS.event_occurred, "plateau"
                     if path is not None:
-                        _write(path, {**pickle.loads(path.read_bytes()), "stopped_by": "plateau"})
+                        _write(path, {**state, "stopped_by": "plateau"})
                     break
     except KeyboardInterrupt:
         result, stopped_by = RESULTS.interrupted, "interrupted"
