@@ -180,13 +180,24 @@ _TABLE = (
 
 
 def _table(rows: list[dict]) -> str:
-    header = "  ".join(h.ljust(w) if f == "s" else h.rjust(w) for h, _, f, w in _TABLE)
+    texts = [
+        [_fmt(row[key], f) if f != "s" else str(row[key]) for _, key, f, _ in _TABLE]
+        for row in rows
+    ]
+    # Each column as wide as its widest cell (a switched solver, `tsit5→rodas5p`,
+    # overflowed a fixed width and shifted the rest of its row).
+    widths = [
+        max([w, len(h)] + [len(t[j]) for t in texts]) for j, (h, _, _, w) in enumerate(_TABLE)
+    ]
+    header = "  ".join(
+        h.ljust(w) if f == "s" else h.rjust(w) for (h, _, f, _), w in zip(_TABLE, widths)
+    )
     lines = [header, "-" * len(header)]
-    for row in rows:
-        cells = []
-        for _, key, f, w in _TABLE:
-            text = _fmt(row[key], f) if f != "s" else str(row[key])
-            cells.append(text.ljust(w) if f == "s" else text.rjust(w))
+    for t in texts:
+        cells = [
+            text.ljust(w) if f == "s" else text.rjust(w)
+            for text, (_, _, f, _), w in zip(t, _TABLE, widths)
+        ]
         lines.append("  ".join(cells).rstrip())
     return "\n".join(lines)
 

@@ -32,9 +32,12 @@ class Comparison:
     - `trajectories`: dict label → `Trajectory`.
     - `rows`: list of dicts (one per run), keys: `label`, `kind`, `method`,
         `log10_t` (horizon reached), `log10_loss`, `margin` (normalised; ℓ2 of
-        the end-to-end predictor, or Lyu & Li's for other homogeneous models),
-        `margin_gap` (relative to the reference margin), `cosine` (end-to-end vs
-        reference direction), `distance` (relative, to a reference vector/matrix),
+        the end-to-end predictor, or Lyu & Li's for other homogeneous models; ℓ1
+        when the reference is the ℓ1 max-margin classifier), `margin_gap`
+        (relative to the reference margin, in the reference's norm), `cosine`
+        (end-to-end vs reference direction), `one_minus_cosine` (1 − cosine,
+        computed without cancellation, what shows convergence in direction),
+        `distance` (relative, to a reference vector/matrix),
         `effective_rank`, `singular_values` (of an end-to-end matrix), `test_error`
         (classification error or mean squared error on the test data), `steps`,
         `wall_time`, `result`. Quantities that do not apply are `None`.
@@ -52,6 +55,7 @@ class Comparison:
         ("margin", "margin", ".6f"),
         ("margin_gap", "margin gap", ".2e"),
         ("cosine", "cos(w, ref)", ".8f"),
+        ("one_minus_cosine", "1 − cos", ".2e"),
         ("distance", "dist(ref)", ".2e"),
         ("effective_rank", "eff. rank", ".4f"),
         ("test_error", "test err", ".4f"),
@@ -78,10 +82,26 @@ class Comparison:
         return self.table()
 
     def plot(self, metric: str = "margin", **kwargs):
-        """`fs.plot.convergence` of all runs on one time axis, with the reference."""
+        """`fs.plot.convergence` of all runs on one time axis, with the reference:
+        a max-margin classifier's margin, or for `"singular_values"` the singular
+        values of a reference matrix (a `reference=` given here replaces it)."""
         from ._plot import convergence
 
-        ref = self.reference if isinstance(self.reference, MaxMargin) else kwargs.pop("reference", None)
+        if "reference" in kwargs:
+            ref = kwargs.pop("reference")
+        elif isinstance(self.reference, MaxMargin):
+            ref = self.reference
+        elif (
+            metric == "singular_values" and self.reference is not None
+            and np.ndim(self.reference) == 2
+        ):
+            s = np.linalg.svd(np.asarray(self.reference, dtype=float), compute_uv=False)
+            # Only the singular values that are really there (a convex solver's
+            # solution leaves ~1e-8 where the exact one has zeros).
+            ref = s[s > 1e-6 * s[0]].tolist() if s.size and s[0] > 0 else None
+            kwargs.setdefault("reference_label", "reference singular values")
+        else:
+            ref = None
         return convergence(
             list(self.trajectories.values()), metric, reference=ref,
             labels=list(self.trajectories), **kwargs,
@@ -99,6 +119,11 @@ def _run(problem: Problem, model, spec) -> Trajectory:
             f"got {type(spec).__name__}."
         )
     spec = dict(spec)
+    if "flow" in spec and "optimizer" in spec:
+        raise ValueError(
+            "A run spec has both 'flow' (a flow for fs.solve) and 'optimizer' (for "
+            "fs.descend); give one of them per run."
+        )
     if "flow" in spec:
         flow = spec.pop("flow")
         if not isinstance(flow, AbstractFlow):
@@ -118,11 +143,13 @@ def _end_to_end(model) -> np.ndarray | None:
         return None
 
 
-def _cosine(a: np.ndarray, b: np.ndarray) -> float | None:
+def _cosine(a: np.ndarray, b: np.ndarray) -> tuple[float | None, float | None]:
+    """`(cos, 1 − cos)` of the angle between `a` and `b`; `1 − cos` as
+    ‖â − b̂‖²/2, which keeps its digits where `1 − cos` computed from `cos` rounds to 0."""
     na, nb = np.linalg.norm(a), np.linalg.norm(b)
-    if na == 0 or nb == 0:
-        return None
-    return float(np.vdot(a, b) / (na * nb))
+    if na == 0 or nb == 0 or not (np.isfinite(na) and np.isfinite(nb)):
+        return None, None
+    return float(np.vdot(a, b) / (na * nb)), float(np.sum((a / na - b / nb) ** 2) / 2)
 
 
 def _row(label, traj, problem, reference, X_test, y_test) -> dict[str, Any]:
@@ -136,13 +163,17 @@ def _row(label, traj, problem, reference, X_test, y_test) -> dict[str, Any]:
         "steps": traj.stats.get("num_steps"),
         "wall_time": traj.stats.get("wall_time"),
         "result": traj.result.name,
-        "margin": None, "margin_gap": None, "cosine": None, "distance": None,
+        "margin": None, "margin_gap": None, "cosine": None, "one_minus_cosine": None,
+        "distance": None,
         "effective_rank": None, "singular_values": None, "test_error": None,
     }
     w = _end_to_end(model)
     if problem.loss.classification:
+        # In the reference's norm: an ℓ1 max-margin reference is compared with the ℓ1
+        # margin (the ℓ2 one against the ℓ1 optimum gave "gaps" like −1.29).
+        norm = reference.norm if isinstance(reference, MaxMargin) else 2
         try:
-            row["margin"] = float(_metrics.margin(problem, model))
+            row["margin"] = float(_metrics.margin(problem, model, norm=norm))
         except ValueError:
             pass
     if w is not None and w.ndim == 2:
@@ -153,19 +184,48 @@ def _row(label, traj, problem, reference, X_test, y_test) -> dict[str, Any]:
         if row["margin"] is not None:
             row["margin_gap"] = (reference.margin - row["margin"]) / reference.margin
         if w is not None and w.shape == reference.w.shape:
-            row["cosine"] = _cosine(w, reference.w)
+            row["cosine"], row["one_minus_cosine"] = _cosine(w, reference.w)
     elif reference is not None:
         ref = np.asarray(reference)
-        if w is not None and w.shape == ref.shape:
-            row["cosine"] = _cosine(w, ref)
+        if w is not None:
+            if w.shape != ref.shape:
+                raise ValueError(
+                    f"The reference has shape {ref.shape}, but run {label!r} ends with an "
+                    f"end-to-end predictor of shape {w.shape}: pass a reference of that "
+                    "shape (e.g. fs.reference.min_nuclear_norm_completion(...) for a "
+                    "completed matrix)."
+                )
+            row["cosine"], row["one_minus_cosine"] = _cosine(w, ref)
             row["distance"] = float(np.linalg.norm(w - ref) / np.linalg.norm(ref))
     if X_test is not None:
-        f = np.asarray(predict_batch(model, jnp.asarray(X_test)))
+        f = np.asarray(predict_batch(model, jnp.asarray(X_test, dtype=problem.X.dtype)))
         if problem.loss.classification:
             row["test_error"] = float(np.mean(np.sign(f) != np.asarray(y_test)))
         else:
             row["test_error"] = float(np.mean((f - np.asarray(y_test)) ** 2))
     return row
+
+
+def _check_test_data(problem: Problem, X_test, y_test):
+    """The test data as arrays, checked against the training data's shapes and the
+    loss's labels (a {0, 1} label was counted as an error on every point)."""
+    X_np, y_np = np.asarray(X_test), np.asarray(y_test)
+    if X_np.dtype == object or y_np.dtype == object:
+        raise ValueError("`X_test` and `y_test` must be numeric arrays.")
+    if X_np.shape[1:] != tuple(problem.X.shape[1:]):
+        raise ValueError(
+            f"`X_test` has rows of shape {X_np.shape[1:]}, but the training rows have "
+            f"shape {tuple(problem.X.shape[1:])}: the test data must have the same features."
+        )
+    if y_np.ndim != 1 or y_np.shape[0] != X_np.shape[0]:
+        raise ValueError(
+            f"`y_test` must have shape ({X_np.shape[0]},), one target per row of `X_test`; "
+            f"got {y_np.shape}."
+        )
+    if not (np.all(np.isfinite(X_np)) and np.all(np.isfinite(y_np.astype(float)))):
+        raise ValueError("`X_test` or `y_test` contains NaN or inf; remove those samples.")
+    problem.loss.check_labels(y_np.astype(float))
+    return X_np, y_np
 
 
 def compare(
@@ -204,6 +264,8 @@ def compare(
         raise ValueError("`runs` must be a non-empty dict label → run.")
     if (X_test is None) != (y_test is None):
         raise ValueError("Give both `X_test` and `y_test`, or neither.")
+    if X_test is not None:
+        X_test, y_test = _check_test_data(problem, X_test, y_test)
     if isinstance(reference, str):
         if reference not in ("l2", "l1"):
             raise ValueError(f"`reference` must be 'l2', 'l1', an array or a MaxMargin; got {reference!r}.")
@@ -211,6 +273,20 @@ def compare(
         from ._reference import max_margin
 
         reference = max_margin(np.asarray(problem.X), np.asarray(problem.y), norm=int(reference[1]))
+    for label, spec in runs.items():
+        if isinstance(spec, Trajectory) and spec.num_members is not None:
+            raise ValueError(
+                f"Run {label!r} is an ensemble of {spec.num_members} members "
+                "(fs.ensemble): compare its members one by one, e.g. "
+                f"`{{f'{label} {{i}}': traj[i] for i in range(len(traj))}}`."
+            )
+    if reference is not None and not isinstance(reference, MaxMargin):
+        ref = np.asarray(reference, dtype=float)
+        if ref.size == 0 or not np.all(np.isfinite(ref)) or not np.any(ref):
+            raise ValueError(
+                "The reference vector/matrix must be finite and not all zeros (the "
+                "distance and cosine are relative to it)."
+            )
     trajectories = {label: _run(problem, model, spec) for label, spec in runs.items()}
     rows = [_row(label, tr, problem, reference, X_test, y_test) for label, tr in trajectories.items()]
     return Comparison(trajectories=trajectories, rows=rows, reference=reference)

@@ -239,7 +239,9 @@ def descend(
     - `metrics`: as in `fs.solve`.
     - `progress`: show a progress bar (in steps).
     - `chunk`: save points per compiled call; the run is interruptible between
-        chunks (Ctrl-C keeps what was done).
+        calls (Ctrl-C keeps what was done). A call also covers at most a tenth of
+        the steps (or 50 000, if more), so with log-spaced save points, whose last
+        gap holds most of the steps, an interruption still loses at most that.
 
     **Returns:**
 
@@ -327,8 +329,7 @@ def run_descent_chunks(prep: DescentSetup, state: _State, *, batched: bool, prog
             "Loss-scaled GD gives each member its own time axis; run the members "
             "separately with fs.descend."
         )
-    n_chunks = -(-len(targets) // chunk)
-    padded = np.concatenate([targets, np.full(n_chunks * chunk - len(targets), targets[-1])])
+    plan = _chunk_plan(targets, chunk, steps)
     bar = None
     if progress:
         import tqdm
@@ -341,14 +342,15 @@ def run_descent_chunks(prep: DescentSetup, state: _State, *, batched: bool, prog
     tag = "ensemble.descend" if batched else "descend"
     program = _batched_chunk_program if batched else _chunk_program
     try:
-        for c in range(n_chunks):
-            tgt = jnp.asarray(padded[c * chunk : (c + 1) * chunk])
+        for tgt, save in plan:
             args = (prep.stepper, prep.problem, prep.static, prep.names, prep.fns,
-                    prep.save_params, prep.exact_time, log_lr, state, tgt)
+                    prep.save_params, prep.exact_time, log_lr, state, jnp.asarray(tgt))
             (state, out), ct, wt = compile_and_run(tag, program, args)
             compile_time += ct
             wall_time += wt
-            saved_chunks.append(jtu.tree_map(np.asarray, out))
+            # Only the save points: not the intermediate stops or the padding.
+            index = (slice(None), save) if batched else save
+            saved_chunks.append(jtu.tree_map(lambda x, i=index: np.asarray(x)[i], out))
             if bar is not None:
                 bar.n = int(np.min(np.asarray(state.k)))
                 bar.refresh()
@@ -364,6 +366,38 @@ def run_descent_chunks(prep: DescentSetup, state: _State, *, batched: bool, prog
     if batched:
         return _assemble_batched(prep, state, saved_chunks, result, compile_time, wall_time)
     return _assemble(prep, state, saved_chunks, result, compile_time, wall_time)
+
+
+#: The fewest steps one compiled call of a descent may be limited to (see `_chunk_plan`):
+#: below this a run takes well under a second, and each extra call costs ~0.1 ms.
+_MIN_STEPS_PER_CALL = 50_000
+
+
+def _chunk_plan(targets: np.ndarray, chunk: int, steps: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The compiled calls of a descent: each `(step targets, which are save points)`,
+    `chunk` targets long (so one executable serves every call), advancing at most
+    `max(steps/10, 50 000)` steps. Log-spaced save points put most of a run in its
+    last gap (206 328 → 3·10⁶ for 40 saves), which an interruption lost whole; the
+    extra targets in between are stops that are not saved."""
+    cap = max(-(-steps // 10), _MIN_STEPS_PER_CALL)
+    extra = np.arange(cap, steps, cap, dtype=np.int64)
+    stops = np.union1d(targets, extra)
+    is_save = np.isin(stops, targets)
+    plan, cur, start = [], [], int(stops[0]) if len(stops) else 0
+
+    def close():
+        tgt = np.array([t for t, _ in cur] + [cur[-1][0]] * (chunk - len(cur)), np.int64)
+        save = np.array([s for _, s in cur] + [False] * (chunk - len(cur)))
+        plan.append((tgt, save))
+
+    for t, s in zip(stops.tolist(), is_save.tolist()):
+        if cur and (len(cur) == chunk or t - start > cap):
+            close()
+            start, cur = cur[-1][0], []
+        cur.append((t, s))
+    if cur:
+        close()
+    return plan
 
 
 def _failure(prep: DescentSetup, k: int) -> RESULTS:

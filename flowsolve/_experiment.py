@@ -1338,6 +1338,7 @@ def _run_record(
             "margin",
             "margin_gap",
             "cosine",
+            "one_minus_cosine",
             "distance",
             "effective_rank",
             "test_error",
@@ -1507,8 +1508,13 @@ def run(
         head = f"[{i + 1}/{n}] {spec.label}"
         path = out / f"{spec.slug}.traj"
         ckpt = ckpt_dir / f"{spec.slug}-{br.hash}.ckpt"
+        # This run's older checkpoints: its slug, a dash and exactly the hash's
+        # width of hex digits (`GF-*.ckpt` also matched run `GF-2`'s checkpoint, which
+        # was deleted and that run then started over instead of resuming).
+        own = re.compile(re.escape(spec.slug) + f"-[0-9a-f]{{{len(br.hash)}}}\\.ckpt")
         stale = [
-            p for p in ckpt_dir.glob(f"{glob.escape(spec.slug)}-*.ckpt") if p != ckpt
+            p for p in ckpt_dir.glob(f"{glob.escape(spec.slug)}-*.ckpt")
+            if p != ckpt and own.fullmatch(p.name)
         ]
         if force:
             stale.append(ckpt)

@@ -8,7 +8,9 @@ class RESULTS(enum.Enum):
     successful = ""
     max_steps_reached = (
         "The maximum number of solver steps was reached before the horizon. Raise "
-        "`max_steps`, loosen `rtol`/`atol`, or use `clock='log'` for long horizons."
+        "`max_steps`, loosen `rtol`/`atol`, try `solver='auto'` (it switches to an "
+        "implicit method where the flow turns stiff), or, on the linear clock, use "
+        "`clock='log'` for long horizons."
     )
     step_size_too_small = (
         "The step size collapsed to the floating-point resolution of the clock. The "

@@ -416,3 +416,37 @@ def test_interrupted_run_keeps_what_it_finished_and_resumes(
     assert not (out / "checkpoints").exists()
     assert (out / "overview.png").exists()
     assert json.loads((out / "summary.json").read_text())["complete"] is True
+
+
+def test_a_run_deletes_only_its_own_stale_checkpoints(tmp_path):
+    """Checkpoints are named `<label>-<16 hex digits of the run's hash>.ckpt`; a run
+    clears its own older ones, not those of a run whose label it prefixes (run `GD`
+    once deleted `GD-2`'s, and an interrupted `GD-2` then started over)."""
+    text = TINY.split("[[run]]")[0] + '[[run]]\noptimizer = "gd"\nlr = 1.0\nsteps = 20\n'
+    path = tmp_path / "gd.toml"
+    path.write_text(text)
+    out = tmp_path / "results"
+    (out / "checkpoints").mkdir(parents=True)
+    foreign = out / "checkpoints" / "GD-2-0123456789abcdef.ckpt"  # run `GD-2`'s
+    stale = out / "checkpoints" / "GD-fedcba9876543210.ckpt"  # run `GD`, older settings
+    foreign.write_bytes(b"x")
+    stale.write_bytes(b"x")
+    code, _, stderr = _run(["run", str(path), "--out", str(out), "--no-progress"])
+    assert code == 0, stderr
+    assert foreign.exists() and not stale.exists()
+
+
+def test_demo_table_columns_fit_a_switched_solver():
+    from flowsolve._cli import _TABLE, _table
+
+    row = {key: 1.0 for _, key, f, _ in _TABLE if f != "s"}
+    row.update(accepted_steps=191, rejected_steps=4, name="linear", model="Linear",
+               solver="tsit5", result="successful")
+    switched = dict(row, solver="tsit5→rodas5p", name="deep linear (L=3)")
+    header, _, *lines = _table([row, switched]).splitlines()
+    # Every column starts where its header does, in both rows.
+    starts = [header.index(h) for h, *_ in _TABLE[1:]]
+    for line in lines:
+        cells = [line[s:].split("  ")[0].strip() for s in starts]
+        assert cells[1] in ("tsit5", "tsit5→rodas5p")
+        assert cells[-1] == "successful"

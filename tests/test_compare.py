@@ -117,3 +117,87 @@ def test_bad_compare_arguments(svm_setup, runs, kwargs, match):
     problem, _ = svm_setup
     with pytest.raises(ValueError, match=match):
         fs.compare(problem, runs, **kwargs)
+
+
+def test_an_l1_reference_gets_the_l1_margin_gap():
+    """With the ℓ1 max-margin reference the margin and its gap are ℓ1 (the ℓ2 margin
+    against the ℓ1 optimum gave a gap of −0.11 here). Ground truth: the ℓ1 optimum
+    from scipy's LP (HiGHS) on the primal max γ s.t. y_i x_iᵀ(u − v) ≥ γ, Σ(u + v) = 1,
+    and the final w's ℓ1 margin in NumPy."""
+    from scipy.optimize import linprog
+
+    X, y = fs.datasets.separable_gaussian(n=30, d=5, seed=0)
+    n, d = X.shape
+    Z = y[:, None] * X
+    # Variables (u, v, γ), u, v ≥ 0: minimise −γ.
+    res = linprog(
+        np.r_[np.zeros(2 * d), -1.0],
+        A_ub=np.c_[-Z, Z, np.ones(n)], b_ub=np.zeros(n),
+        A_eq=np.r_[np.ones(2 * d), 0.0][None], b_eq=[1.0],
+        bounds=[(0, None)] * (2 * d) + [(None, None)], method="highs",
+    )
+    gamma_l1 = -res.fun
+    model = fs.models.Linear(5)
+    problem = fs.Problem(model, fs.losses.Logistic(), X, y)
+    cmp = fs.compare(problem, {"GD": {"optimizer": "gd", "lr": 0.5, "steps": 200, "metrics": ()}},
+                     model, reference="l1")
+    row = cmp.rows[0]
+    w = np.asarray(cmp.trajectories["GD"].final.weight)
+    margin_l1 = np.min(Z @ w) / np.abs(w).sum()
+    assert row["margin"] == pytest.approx(margin_l1, rel=1e-12)
+    assert row["margin_gap"] == pytest.approx((gamma_l1 - margin_l1) / gamma_l1, rel=1e-6)
+    assert 0 < row["margin_gap"] < 1
+
+
+def test_one_minus_cosine_keeps_its_digits():
+    """At an angle θ = 1e-9, 1 − cos θ = θ²/2 = 5e-19 rounds to 0 when formed from
+    cos; the column is computed as ‖â − b̂‖²/2 (= 2 sin²(θ/2)) and keeps it."""
+    X, y = fs.datasets.separable_gaussian(n=30, d=5, seed=3)
+    theta = 1e-9
+    w = np.array([1.0, 0.0, 0.0, 0.0, 0.0])
+    ref = np.array([np.cos(theta), np.sin(theta), 0.0, 0.0, 0.0])
+    model = fs.models.Linear(5, weight=w)
+    problem = fs.Problem(model, fs.losses.Logistic(), X, y)
+    traj = fs.descend(problem, model, lr=1e-300, steps=1, metrics=())
+    row = fs.compare(problem, {"fixed": traj}, reference=ref).rows[0]
+    assert 1 - row["cosine"] == 0.0
+    assert row["one_minus_cosine"] == pytest.approx(theta**2 / 2, rel=1e-6)
+
+
+def test_plot_draws_a_reference_matrix_singular_values():
+    data = fs.datasets.low_rank_completion(shape=(6, 6), rank=1, n_observed=24, seed=0)
+    model = fs.models.MatrixFactorization((6, 6), depth=2, key=jr.key(0), init_scale=1e-2)
+    problem = fs.Problem(model, fs.losses.Squared(), data.X, data.y)
+    ref = np.outer(np.arange(1.0, 7.0), np.ones(6)) + np.diag([0.0, 0, 0, 0, 0, 0.5])
+    s = np.linalg.svd(ref, compute_uv=False)
+    cmp = fs.compare(problem, {"GD": {"optimizer": "gd", "lr": 0.1, "steps": 5,
+                                      "metrics": ("singular_values",)}}, model, reference=ref)
+    _, ax = cmp.plot("singular_values")
+    flat = [line for line in ax.lines if np.ptp(line.get_ydata()) == 0 and len(line.get_ydata()) == 2]
+    drawn = sorted(float(line.get_ydata()[0]) for line in flat)
+    np.testing.assert_allclose(drawn, sorted(s[s > 1e-6 * s[0]]), rtol=1e-12)
+
+
+def test_compare_checks_runs_test_data_and_references(svm_setup):
+    problem, model = svm_setup
+    X, y = np.asarray(problem.X), np.asarray(problem.y)
+    gd = fs.descend(problem, model, lr=1.0, steps=5, metrics=())
+    with pytest.raises(ValueError, match="labels"):  # {0, 1}: every point counted wrong
+        fs.compare(problem, {"GD": gd}, X_test=X, y_test=(y + 1) / 2)
+    with pytest.raises(ValueError, match="same features"):
+        fs.compare(problem, {"GD": gd}, X_test=X[:, :3], y_test=y)
+    with pytest.raises(ValueError, match="one target per row"):
+        fs.compare(problem, {"GD": gd}, X_test=X, y_test=y[:-1])
+    with pytest.raises(ValueError, match="both 'flow'"):
+        fs.compare(problem, {"x": {"flow": fs.GradientFlow(problem), "optimizer": "gd"}})
+    with pytest.raises(ValueError, match="shape"):
+        fs.compare(problem, {"GD": gd}, reference=np.ones(3))
+    with pytest.raises(ValueError, match="not all zeros"):
+        fs.compare(problem, {"GD": gd}, reference=np.zeros(50))
+    ens = fs.ensemble.descend(problem, fs.ensemble.stack([model, model]), lr=1.0, steps=5, metrics=())
+    with pytest.raises(ValueError, match="ensemble of 2 members"):
+        fs.compare(problem, {"E": ens})
+    # and with the right labels the test error is the NumPy one
+    row = fs.compare(problem, {"GD": gd}, X_test=X, y_test=y).rows[0]
+    w = np.asarray(gd.final.weight)
+    assert row["test_error"] == np.mean(np.sign(X @ w) != y)

@@ -162,3 +162,39 @@ def test_descent_trajectory_round_trips(tmp_path, logistic_problem):
     np.testing.assert_array_equal(back.metrics["margin"], tr.metrics["margin"])
     assert back.info["kind"] == "descent"
     np.testing.assert_array_equal(jnp.asarray(back.final.weight), tr.final.weight)
+
+
+def test_an_interrupted_descent_keeps_all_but_a_tenth(logistic_problem, monkeypatch):
+    """Log-spaced save points put most of the steps in the last gap (here 251 →
+    1000). A compiled call covers at most a tenth of the run (the floor of 50 000
+    steps lowered to 1 for a small test), so Ctrl-C during the last call keeps ≥ 90 %
+    of the steps. What is kept is bitwise an uninterrupted run of as many steps, and
+    the save points before it are those of the full run."""
+    from flowsolve import _descend
+
+    problem, model = logistic_problem
+    monkeypatch.setattr(_descend, "_MIN_STEPS_PER_CALL", 1)
+    kw = dict(lr=0.5, metrics=("loss",), saveat=fs.SaveAt(num=6))
+    real, calls = _descend.compile_and_run, []
+    monkeypatch.setattr(_descend, "compile_and_run", lambda *a: (calls.append(1), real(*a))[1])
+    full = fs.descend(problem, model, steps=1000, **kw)
+    n_calls = len(calls)
+    assert full.success and n_calls >= 10
+
+    def interrupting(*args):
+        calls.append(1)
+        if len(calls) == n_calls:  # the last call
+            raise KeyboardInterrupt
+        return real(*args)
+
+    calls.clear()
+    monkeypatch.setattr(_descend, "compile_and_run", interrupting)
+    cut = fs.descend(problem, model, steps=1000, **kw)
+    k = cut.stats["num_steps"]
+    assert cut.result is fs.RESULTS.interrupted and 900 <= k < 1000
+    monkeypatch.setattr(_descend, "compile_and_run", real)
+    same = fs.descend(problem, model, steps=k, **kw)
+    np.testing.assert_array_equal(np.asarray(cut.final.weight), np.asarray(same.final.weight))
+    kept = full.ts <= k * 0.5
+    np.testing.assert_array_equal(cut.metrics["loss"], full.metrics["loss"][kept])
+    np.testing.assert_array_equal(cut.ts, full.ts[kept])
