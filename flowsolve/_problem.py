@@ -21,6 +21,10 @@ def _warn_if_float32(dtype) -> None:
         )
 
 
+def _numeric(a: np.ndarray) -> bool:
+    return np.issubdtype(a.dtype, np.number) or np.issubdtype(a.dtype, np.bool_)
+
+
 class Problem(eqx.Module):
     r"""A training problem: a model, a loss and a training set.
 
@@ -73,8 +77,11 @@ class Problem(eqx.Module):
             )
         X_np = np.asarray(X)
         y_np = np.asarray(y)
-        if X_np.dtype == object or y_np.dtype == object:
-            raise ValueError("`X` and `y` must be numeric arrays.")
+        if not (_numeric(X_np) and _numeric(y_np)):
+            raise ValueError(
+                f"`X` and `y` must be numeric arrays (got dtypes {X_np.dtype} and "
+                f"{y_np.dtype}); encode string labels as ±1 (classification) or numbers."
+            )
         if X_np.ndim < 1 or X_np.shape[0] == 0:
             raise ValueError(f"`X` must have shape (n, ...) with n ≥ 1, got {X_np.shape}.")
         if y_np.ndim != 1:
@@ -100,6 +107,8 @@ class Problem(eqx.Module):
                 "samples."
             )
         loss.check_labels(y_np.astype(float))
+        if isinstance(model, AbstractModel):
+            model.check_data(X_np)
         if np.issubdtype(X_np.dtype, np.integer):
             X_j = jnp.asarray(X_np)
         else:
@@ -114,10 +123,14 @@ class Problem(eqx.Module):
                 f"{X_j.shape[1:]}, dtype {X_j.dtype}): {e}"
             ) from e
         if getattr(out, "shape", None) != ():
+            hint = (
+                f" `X` has shape {X_j.shape}: one number per row. If each row is a "
+                "vector, pass X with shape (n, d) (`X.reshape(-1, 1)` for one feature)."
+                if X_j.ndim == 1 else " For an equinox MLP use `out_size='scalar'`."
+            )
             raise ValueError(
                 "The model must map one input row to a scalar; on a row of shape "
-                f"{X_j.shape[1:]} it returned shape {getattr(out, 'shape', out)}. "
-                "For an equinox MLP use `out_size='scalar'`."
+                f"{X_j.shape[1:]} it returned shape {getattr(out, 'shape', out)}.{hint}"
             )
         if isinstance(model, AbstractModel):
             batch = eqx.filter_eval_shape(predict_batch, model, X_j)

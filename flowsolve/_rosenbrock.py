@@ -199,7 +199,9 @@ class Ros34PW2(diffrax.AbstractAdaptiveSolver):
         pays. On a depth-3 factorisation completing a 30 × 30 matrix from 464
         entries (p = 2 700) a step costs ~3 ms against ~360 ms for Rodas5P.
 
-    Four vector-field evaluations and four linear solves per step.
+    Four vector-field evaluations and four linear solves per step. With
+    `jacobian="gauss-newton"` it integrates forward in time only (t1 > t0):
+    backwards the n×n system is indefinite and every step is rejected as singular.
     """
 
     jacobian: str = eqx.field(static=True, default="exact")
@@ -219,7 +221,7 @@ class Ros34PW2(diffrax.AbstractAdaptiveSolver):
             raise ValueError(
                 "Ros34PW2(jacobian='gauss-newton') needs a gradient-flow term "
                 "(fs.GradientFlow, in either clock) to form the Gauss–Newton matrix; "
-                f"got {type(terms).__name__}. Use jacobian='exact' for other terms."
+                f"got {type(_unwrap(terms)).__name__}. Use jacobian='exact' for other terms."
             )
         return None
 
@@ -238,6 +240,11 @@ def has_gauss_newton(term) -> bool:
         return has_gauss_newton(term.term)
     check = getattr(term, "has_gauss_newton", None)
     return bool(check()) if callable(check) else False
+
+
+def _unwrap(term):
+    """The term the user passed, inside diffeqsolve's time-direction wrapper."""
+    return _unwrap(term.term) if _is_wrap(term) else term
 
 
 def _is_wrap(term) -> bool:
@@ -277,8 +284,15 @@ def _rosenbrock_step(tableau, make_solver, terms, t0, t1, y0, args):
     W-method)."""
     flat0, unravel = ravel_pytree(y0)
     dtype = flat0.dtype
+    # `h`: the step in the term's own time, which scales the state's increments;
+    # `dt`: the step in the solver's time, at which the term is evaluated. They
+    # differ in sign backwards in time (diffeqsolve with t1 < t0 wraps the term, so
+    # the solver's time increases while h < 0); stage times, ∂f/∂t (taken in the
+    # solver's time) and the end point go with `dt` (with h there, backward solves
+    # of t-dependent fields were off by O(1)).
     h = jnp.asarray(terms.contr(t0, t1), dtype)
     t0 = jnp.asarray(t0, dtype)
+    dt = jnp.asarray(t1, dtype) - t0
 
     def f(t, flat):
         return ravel_pytree(terms.vf(t, unravel(flat), args))[0].astype(dtype)
@@ -293,18 +307,18 @@ def _rosenbrock_step(tableau, make_solver, terms, t0, t1, y0, args):
             vf = f0
         else:
             shift = _combine(tableau.a[i], us)
-            vf = f(t0 + tableau.alpha[i] * h, flat0 if shift is None else flat0 + shift)
+            vf = f(t0 + tableau.alpha[i] * dt, flat0 if shift is None else flat0 + shift)
         rhs = vf
         coupling = _combine(tableau.c[i], us)
         if coupling is not None:
             rhs = rhs + coupling / h
         if tableau.gamma_t[i] != 0.0:
-            rhs = rhs + (tableau.gamma_t[i] * h) * ft
+            rhs = rhs + (tableau.gamma_t[i] * dt) * ft
         us.append(solve(rhs))
 
     flat1 = flat0 + _combine(tableau.m, us)
     err = _combine(tableau.e, us)
-    f1 = f(t0 + h, flat1)
+    f1 = f(jnp.asarray(t1, dtype), flat1)
     y1 = unravel(flat1)
     k = jax.vmap(unravel)(jnp.stack([h * f0, h * f1]))
     dense_info = dict(y0=y0, y1=y1, k=k)

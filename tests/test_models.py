@@ -146,6 +146,12 @@ def test_user_mlp_with_a_jitted_activation_solves_past_convergence():
         (lambda k: fs.models.Linear(3, init_scale=1.0), "key"),
         (lambda k: fs.models.Linear(3, weight=np.ones(2)), "shape"),
         (lambda k: fs.models.MatrixFactorization((3, 3), depth=3, widths=(2,), key=k), "widths"),
+        (lambda k: fs.models.DiagonalLinear(3, init_scale=float("nan")), "finite"),
+        (lambda k: fs.models.TwoLayer(3, 4, key=k, scaling=True), "scaling"),
+        (lambda k: fs.models.Linear(3, key=k, init_scale=-1.0), "init_scale"),
+        (lambda k: fs.models.DeepLinear(3, depth=2, key=k, init_scale=0.0), "saddle"),
+        (lambda k: fs.models.MatrixFactorization((3, 3), key=k, init_scale=0.0), "saddle"),
+        (lambda k: fs.models.TwoLayer(3, 4, key=k, init_scale=float("inf")), "finite"),
     ],
 )
 def test_bad_model_arguments(make, match, getkey):
@@ -157,6 +163,32 @@ def test_model_output_must_be_scalar(getkey):
     mlp = eqx.nn.MLP(3, 2, width_size=4, depth=1, key=getkey())
     with pytest.raises(ValueError, match="scalar"):
         fs.Problem(mlp, fs.losses.Squared(), np.ones((5, 3)), np.ones(5))
+
+
+@pytest.mark.parametrize(
+    "X, match",
+    [
+        # ±1 sensing matrices are often int64: read as index pairs, they predicted
+        # −0.48 where ⟨A, W⟩ = −7.53.
+        (np.ones((4, 9), dtype=np.int64), "astype\\(float\\)"),
+        # Out of range: JAX's gather clamped or wrapped them, and the solve "fitted"
+        # other entries.
+        (np.array([[0, 0], [5, 1]]), r"\(5, 1\).*outside the 3×3"),
+        (np.array([[0, 0], [-1, 1]]), "outside"),
+        (np.array([[0.0, 0.0], [1.0, 1.0]]), "must be integers"),
+    ],
+)
+def test_matrix_factorization_checks_its_rows(X, match, getkey):
+    model = fs.models.MatrixFactorization((3, 3), key=getkey())
+    with pytest.raises(ValueError, match=match):
+        fs.Problem(model, fs.losses.Squared(), X, np.ones(len(X)))
+
+
+def test_problem_messages_for_one_dimensional_x_and_string_labels():
+    with pytest.raises(ValueError, match=r"reshape\(-1, 1\)"):
+        fs.Problem(fs.models.Linear(3), fs.losses.Squared(), np.ones(6), np.ones(6))
+    with pytest.raises(ValueError, match="numeric"):
+        fs.Problem(fs.models.Linear(3), fs.losses.Logistic(), np.ones((2, 3)), np.array(["a", "b"]))
 
 
 def test_model_input_shape_mismatch():

@@ -294,3 +294,44 @@ def test_cg_that_misses_its_tolerance_is_reported_not_followed():
     assert np.all(np.isnan(ravel_pytree(v)[0]))
     sol = fs.solve(flow, model, t1=1.0, solver="tsit5", metrics=("loss",))
     assert not sol.success and sol.result in (fs.RESULTS.nonfinite, fs.RESULTS.step_size_too_small)
+
+
+def test_pinv_derivative_is_the_constant_rank_formula_at_repeated_eigenvalues():
+    """The dense path's A⁺b is differentiated as a spectral function. Ground truth:
+    the constant-rank derivative of the pseudo-inverse (Golub & Pereyra 1973),
+    dA⁺ = −A⁺ dA A⁺ + A⁺² dA (I − AA⁺) + (I − A⁺A) dA A⁺², on a rank-3 PSD A whose
+    kept eigenvalues repeat (2, 2, 5) and whose three cut ones are 0: eigh's own
+    eigenvector derivative is NaN there. The perturbation keeps the rank."""
+    from flowsolve._flow.natural import _psd_pinv_apply
+
+    rng = np.random.default_rng(0)
+    Q, _ = np.linalg.qr(rng.normal(size=(6, 6)))
+    B = Q[:, :3] * np.sqrt([2.0, 2.0, 5.0])
+    dB = rng.normal(size=(6, 3))
+    A, dA = B @ B.T, dB @ B.T + B @ dB.T
+    b, db = rng.normal(size=6), rng.normal(size=6)
+    _, got = jax.jvp(lambda A, b: _psd_pinv_apply(A, b, 1e-10), (A, b), (dA, db))
+    P = np.linalg.pinv(A)
+    I6 = np.eye(6)
+    dP = -P @ dA @ P + P @ P @ dA @ (I6 - A @ P) + (I6 - P @ A) @ dA @ P @ P
+    want = dP @ b + P @ db
+    assert np.all(np.isfinite(np.asarray(got)))
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_ngf_with_frozen_parameters_solves_with_implicit_methods():
+    """TwoLayer(train="output"), p = 8 < n = 12: the Fisher has exact zero rows
+    (the frozen hidden layer), so repeated zero eigenvalues. Rodas5P's and
+    Kvaerno5's Jacobians were NaN, and they stopped at t = 0 (`auto` died at its
+    switch, log t ≈ 3.6). They now agree with Tsit5, which needs no Jacobian."""
+    X, y = separable_data(n=12, d=3, seed=1)
+    model = fs.models.TwoLayer(3, 2, key=jr.key(0), activation="tanh", train="output")
+    problem = fs.Problem(model, fs.losses.Logistic(), X, y)
+    flow = fs.NaturalGradientFlow(problem, solve="dense")
+    kw = dict(t1=50.0, rtol=1e-10, atol=1e-12, metrics=("log_loss",))
+    ref = fs.solve(flow, model, solver="tsit5", **kw)
+    assert ref.success
+    for solver in ("rodas5p", "kvaerno5", "auto"):
+        sol = fs.solve(flow, model, solver=solver, **kw)
+        assert sol.success, (solver, sol.result)
+        np.testing.assert_allclose(sol.final.output, ref.final.output, rtol=1e-7)

@@ -1,3 +1,4 @@
+import functools
 import math
 
 import equinox as eqx
@@ -59,12 +60,51 @@ def _weights(problem: Problem, f: Array, fisher: str) -> _Weights:
     )
 
 
-def _psd_pinv_apply(A: Array, b: Array, rcond: float) -> Array:
-    """`A⁺ b` for a symmetric PSD `A`, by eigendecomposition with a relative cutoff."""
+def _pinv_spectrum(A: Array, rcond: float):
     lam, U = jnp.linalg.eigh(A)
     keep = lam > rcond * jnp.max(lam)
     inv = jnp.where(keep, 1.0 / jnp.where(keep, lam, 1.0), 0.0)
+    return lam, U, keep, inv
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
+def _psd_pinv_apply(A: Array, b: Array, rcond: float) -> Array:
+    """`A⁺ b` for a symmetric PSD `A`, by eigendecomposition with a relative cutoff.
+
+    Differentiated as the spectral function it is (`A⁺ = U f(Λ) Uᵀ`, f(λ) = 1/λ
+    on the kept eigenvalues, 0 on the cut ones), not through `eigh`'s eigenvector
+    derivative: that has 1/(λᵢ − λⱼ) factors and is NaN where eigenvalues repeat,
+    as the zero ones of a rank-deficient Fisher do (frozen parameters, p > rank).
+    The Jacobians of the implicit solvers were NaN there, and their solves failed.
+    """
+    _, U, _, inv = _pinv_spectrum(A, rcond)
     return U @ (inv * (U.T @ b))
+
+
+@_psd_pinv_apply.defjvp
+def _psd_pinv_apply_jvp(rcond, primals, tangents):
+    A, b = primals
+    dA, db = tangents
+    lam, U, keep, inv = _pinv_spectrum(A, rcond)
+    c = U.T @ b
+    # d(U f(Λ) Uᵀ) = U (Γ ∘ Uᵀ dA U) Uᵀ with Γ the divided differences of f,
+    # (f(λᵢ) − f(λⱼ))/(λᵢ − λⱼ): −1/(λᵢλⱼ) between kept eigenvalues (no division
+    # by their difference, so repeated ones are exact), 0 between cut ones, and
+    # the quotient itself across the cutoff (where λᵢ − λⱼ is bounded below). The
+    # rank is held fixed, as the cutoff is.
+    both = keep[:, None] & keep[None, :]
+    across = keep[:, None] != keep[None, :]
+    diff = jnp.where(across, lam[:, None] - lam[None, :], 1.0)
+    gamma = jnp.where(
+        both,
+        -inv[:, None] * inv[None, :],
+        jnp.where(across, (inv[:, None] - inv[None, :]) / diff, 0.0),
+    )
+    dA = 0.5 * (dA + dA.T)  # the symmetric part: what eigh reads
+    S = U.T @ (dA @ U)
+    out = U @ (inv * c)
+    d_out = U @ ((gamma * S) @ c + inv * (U.T @ db))
+    return out, d_out
 
 
 def _gram_direction(G, jt, w: _Weights, mu, rcond):

@@ -1,8 +1,10 @@
 import abc
+import math
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array
 
 
@@ -31,6 +33,11 @@ class AbstractModel(eqx.Module):
     @abc.abstractmethod
     def __call__(self, x: Array) -> Array:
         """The scalar prediction for one input row `x`."""
+
+    def check_data(self, X: np.ndarray) -> None:
+        """Raise a `ValueError` that says what to do when the data rows `X` (NumPy,
+        checked by `fs.Problem`) cannot be what this model reads. Default: nothing
+        beyond the row shape, which `fs.Problem` checks by applying the model."""
 
     def predict_batch(self, X: Array) -> Array:
         """The predictions on the rows of `X` (shape `(n, ...)`), shape `(n,)`: the
@@ -92,6 +99,23 @@ def _check_positive_int(name: str, value, minimum: int = 1) -> int:
     if value < minimum:
         raise ValueError(f"`{name}` must be ≥ {minimum}, got {value}.")
     return int(value)
+
+
+def _check_scale(name: str, value, *, positive: bool = False) -> float:
+    """A finite real scale ≥ 0 (> 0 with `positive`: a deep model started at zero
+    sits on a saddle that gradient flow never leaves)."""
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+        raise ValueError(f"`{name}` must be a number, got {value!r}.")
+    value = float(value)
+    if not math.isfinite(value) or value < 0 or (positive and value == 0):
+        raise ValueError(
+            f"`{name}` must be a finite number {'>' if positive else '≥'} 0, got {value!r}"
+            + (
+                " (all-zero layers are a saddle point that gradient flow never leaves)."
+                if positive and value == 0 else "."
+            )
+        )
+    return value
 
 
 def _need_key(key, init_scale, name: str):

@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, PRNGKeyArray
 
-from .base import AbstractModel, _check_positive_int
+from .base import AbstractModel, _check_positive_int, _check_scale
 
 
 def _chain(layers) -> Array:
@@ -58,6 +58,7 @@ class DeepLinear(AbstractModel):
         d = _check_positive_int("d", d)
         depth = _check_positive_int("depth", depth)
         width = d if width is None else _check_positive_int("width", width)
+        init_scale = _check_scale("init_scale", init_scale, positive=depth > 1)
         dims = [d] + [width] * (depth - 1) + [1]
         keys = jr.split(key, depth)
         self.layers = tuple(

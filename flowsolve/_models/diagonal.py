@@ -54,8 +54,8 @@ class DiagonalLinear(AbstractModel):
             raise ValueError(
                 f"`init_scale` must be a scalar or have shape ({d},), got {alpha.shape}."
             )
-        if np.any(alpha < 0):
-            raise ValueError("`init_scale` must be non-negative.")
+        if not np.all(np.isfinite(alpha)) or np.any(alpha < 0):
+            raise ValueError(f"`init_scale` must be finite and non-negative, got {init_scale!r}.")
         if layer_scales is None:
             lam = np.ones((depth, d))
         else:

@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, ArrayLike, PRNGKeyArray
 
-from .base import AbstractModel, _check_positive_int, _need_key
+from .base import AbstractModel, _check_positive_int, _check_scale, _need_key
 
 
 class Linear(AbstractModel):
@@ -35,7 +35,7 @@ class Linear(AbstractModel):
             if weight.shape != (d,):
                 raise ValueError(f"`weight` must have shape ({d},), got {weight.shape}.")
             self.weight = weight
-        elif init_scale == 0:
+        elif _check_scale("init_scale", init_scale) == 0:
             self.weight = jnp.zeros(d)
         else:
             key = _need_key(key, init_scale, "Linear")

@@ -4,9 +4,10 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
+import numpy as np
 from jaxtyping import Array, PRNGKeyArray
 
-from .base import AbstractModel, _check_positive_int
+from .base import AbstractModel, _check_positive_int, _check_scale
 from .deep_linear import _balancedness, _balancedness_scale, _chain
 
 
@@ -48,6 +49,7 @@ class MatrixFactorization(AbstractModel):
         m = _check_positive_int("shape[0]", shape[0])
         n = _check_positive_int("shape[1]", shape[1])
         depth = _check_positive_int("depth", depth)
+        init_scale = _check_scale("init_scale", init_scale, positive=depth > 1)
         if widths is None:
             widths = [max(m, n)] * (depth - 1)
         widths = [_check_positive_int("widths[*]", w) for w in widths]
@@ -62,6 +64,35 @@ class MatrixFactorization(AbstractModel):
         )
         self.shape = (m, n)
         self.homogeneity = depth
+
+    def check_data(self, X: np.ndarray) -> None:
+        m, n = self.shape
+        row = X.shape[1:]
+        if np.issubdtype(X.dtype, np.integer):
+            if row != (2,):
+                raise ValueError(
+                    f"Integer rows are read as (i, j) index pairs, but these rows have "
+                    f"shape {row}. For matrix sensing pass the measurement matrices as "
+                    "floats: `X.astype(float)` (±1 sensing matrices are often int)."
+                )
+            i, j = X[:, 0], X[:, 1]
+            bad = (i < 0) | (i >= m) | (j < 0) | (j >= n)
+            if np.any(bad):
+                k = int(np.argmax(bad))
+                raise ValueError(
+                    f"Index pair {tuple(int(v) for v in X[k])} (row {k}) is outside the "
+                    f"{m}×{n} matrix: indices must satisfy 0 ≤ i < {m}, 0 ≤ j < {n} "
+                    f"({int(bad.sum())} rows out of range)."
+                )
+        elif int(np.prod(row, dtype=np.int64)) != m * n:
+            hint = (
+                " Index pairs must be integers: `X.astype(int)`."
+                if row == (2,) else ""
+            )
+            raise ValueError(
+                f"Float rows are read as flattened {m}×{n} measurement matrices "
+                f"({m * n} entries), but these rows have shape {row}.{hint}"
+            )
 
     def __call__(self, x: Array) -> Array:
         if jnp.issubdtype(x.dtype, jnp.integer):

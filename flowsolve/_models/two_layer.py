@@ -1,3 +1,4 @@
+import math
 from collections.abc import Callable
 
 import equinox as eqx
@@ -6,7 +7,7 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, PRNGKeyArray
 
-from .base import AbstractModel, _check_positive_int
+from .base import AbstractModel, _check_positive_int, _check_scale
 
 
 # Plain module-level functions (not jax.nn's wrapped ones) so that models pickle
@@ -117,12 +118,16 @@ class TwoLayer(AbstractModel):
             scale = 1.0 / width
         elif scaling == "ntk":
             scale = 1.0 / width**0.5
-        elif isinstance(scaling, int | float) and scaling > 0:
+        elif (
+            isinstance(scaling, int | float) and not isinstance(scaling, bool)
+            and math.isfinite(scaling) and scaling > 0
+        ):
             scale = float(scaling)
         else:
             raise ValueError(
                 f"`scaling` must be 'mean-field', 'ntk' or a positive float, got {scaling!r}."
             )
+        init_scale = _check_scale("init_scale", init_scale, positive=True)
         if train not in ("both", "output"):
             raise ValueError(f"`train` must be 'both' or 'output', got {train!r}.")
         k1, k2 = jr.split(key)
