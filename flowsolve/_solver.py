@@ -1,5 +1,6 @@
 """Resolve the friendly solver names to diffrax solvers, in one place."""
 
+import functools
 from typing import Any
 
 import diffrax
@@ -547,9 +548,16 @@ def resolve_error_norm(error_norm: str, clock: str) -> bool:
 
 
 def _rms(tree):
-    leaves = jtu.tree_leaves(tree)
+    """rms of all entries, scaled by the largest so that squaring cannot overflow
+    (undamped NGF's θ grows like t and passed 1e154 near log t = 355: the rms was
+    inf, every step met the tolerance, and the solve ran away). inf and NaN pass
+    through."""
+    leaves = [x for x in jtu.tree_leaves(tree) if x.size]
     size = sum(x.size for x in leaves)
-    return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in leaves) / size)
+    big = functools.reduce(jnp.maximum, [jnp.max(jnp.abs(x)) for x in leaves])
+    scale = jnp.where((big > 0) & jnp.isfinite(big), big, 1.0)
+    rms = scale * jnp.sqrt(sum(jnp.sum(jnp.square(x / scale)) for x in leaves) / size)
+    return jnp.where(jnp.isfinite(big), rms, big)
 
 
 class CollapseGuard(diffrax.AbstractAdaptiveStepSizeController):

@@ -255,6 +255,25 @@ def test_log_clock_natural_gradient_flow():
     np.testing.assert_allclose(np.logaddexp(0, u), np.log(2.0) + 1e5, rtol=1e-8)
 
 
+def test_log_clock_ngf_past_theta_1e154():
+    """Undamped NGF's θ grows like t. Past |θ| ≈ 1.3e154 (log t ≈ 355 here) the
+    normwise error norm squared θ into inf: every step met the tolerance and the
+    margins went wrong by up to 1e64 while the solve said `successful`. Closed form
+    (n ≤ p): log(1 + e^u) = log(1 + e^u0) + t, so u = t + log(2) at u0 = 0 once e^−u
+    is below rounding; checked at log t = 400 (θ ~ 1e173)."""
+    X, y = separable_data(n=8, d=20, seed=8)
+    model = fs.models.Linear(20)
+    problem = fs.Problem(model, fs.losses.Logistic(), X, y)
+    log_ts = np.array([300.0, 360.0, 400.0])
+    sol = fs.solve(fs.NaturalGradientFlow(problem), model, log_t1=400.0, clock="log",
+                   solver="tsit5", saveat=fs.SaveAt(log_ts=log_ts),
+                   metrics={"u": lambda p, m: p.margins(m)})
+    assert sol.result == fs.RESULTS.successful
+    u = np.asarray(sol.metrics["u"])
+    want = (np.exp(log_ts) + np.log(2.0))[:, None]
+    np.testing.assert_allclose(u, np.broadcast_to(want, u.shape), rtol=1e-7)
+
+
 # ---------------------------------------------------------------------------
 # Errors.
 
@@ -267,6 +286,14 @@ def test_log_clock_natural_gradient_flow():
         (dict(damping=float("nan")), "damping"),
         (dict(fisher="true"), "fisher"),
         (dict(rcond=0.0), "rcond"),
+        (dict(rcond="a"), "rcond"),
+        (dict(damping="0.1"), "damping"),
+        (dict(damping=[0.1, 0.2]), "damping"),
+        # These gave a zero direction reported as converged: a frozen "successful" solve.
+        (dict(solve="cg", cg_max_steps=-5), "cg_max_steps"),
+        (dict(solve="cg", cg_rtol=float("nan")), "cg_rtol"),
+        (dict(solve="cg", cg_atol=float("nan")), "cg_atol"),
+        (dict(solve="cg", cg_rtol=-1.0), "cg_rtol"),
     ],
 )
 def test_bad_arguments(kwargs, match):
@@ -335,3 +362,30 @@ def test_ngf_with_frozen_parameters_solves_with_implicit_methods():
         sol = fs.solve(flow, model, solver=solver, **kw)
         assert sol.success, (solver, sol.result)
         np.testing.assert_allclose(sol.final.output, ref.final.output, rtol=1e-7)
+
+
+@pytest.mark.parametrize("solve", ["dense", "gram", "cg"])
+def test_damped_ngf_runs_past_log_t_709_as_gradient_flow_over_lambda(solve):
+    """Once the Fisher is far below the damping, (F + λI)⁻¹∇L = ∇L/λ: damped NGF is
+    gradient flow slowed by λ. The velocity e^s·v used to be formed as e^s times v:
+    e^s overflowed past log t = 709.78 (NaN) and v underflowed past margin ≈ 745
+    (the dense path also set it to 0 past μ/c = e^700). Ground truth: at min margin
+    800 and log_scale 800 the direction is GF's over λ (to rounding; F ~ e^−800 λ),
+    and a log-clock solve to log t = 1000 is successful with log L = GF's − log(1/λ)
+    (L ~ 1/t; the 1e-3 allows for what is left of the transient)."""
+    X, y = fs.datasets.separable_gaussian(n=40, d=10, seed=0)
+    model = fs.models.Linear(10)
+    problem = fs.Problem(model, fs.losses.Logistic(), X, y)
+    lam = 0.1
+    flow = fs.NaturalGradientFlow(problem, solve=solve, damping=lam)
+    gf = fs.GradientFlow(problem)
+    svm = fs.reference.max_margin(X, y)
+    w = svm.w * 800.0  # min margin 800
+    at = fs.models.Linear(10, weight=w)
+    np.testing.assert_allclose(flow.direction(at, 800.0).weight, gf.direction(at, 800.0).weight / lam,
+                               rtol=1e-10)
+    kw = dict(log_t1=1000.0, clock="log", saveat=fs.SaveAt(log_ts=[800.0, 1000.0]), metrics=("log_loss",))
+    sol = fs.solve(flow, model, **kw)
+    ref = fs.solve(gf, model, **kw)
+    assert sol.result == fs.RESULTS.successful and sol.log_t_final == pytest.approx(1000.0)
+    np.testing.assert_allclose(sol.metrics["log_loss"], ref.metrics["log_loss"] - np.log(1 / lam), atol=1e-3)

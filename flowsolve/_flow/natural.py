@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 import lineax as lx
+import numpy as np
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, ArrayLike, PyTree
 
@@ -28,14 +29,14 @@ class _Weights(eqx.Module):
 
     With c = max_i h_i: `h_tilde = h / c` and `g_tilde = ℓ' / c` (both ≤ O(1), no
     underflow of the leading samples), `ratio = ℓ'/h` (the function-space Newton
-    step, O(1) at any margin), `sqrt_h` and `g_over_sqrt_h` for the damped form,
-    and `log_c` to rescale the damping.
+    step, O(1) at any margin), `sqrt_h_tilde` = √h̃ and `g_over_sqrt_h` = g̃/√h̃
+    for the damped form, and `log_c` to rescale the damping.
     """
 
     h_tilde: Array
     g_tilde: Array
     ratio: Array
-    sqrt_h: Array
+    sqrt_h_tilde: Array
     g_over_sqrt_h: Array
     log_c: Array
 
@@ -54,10 +55,22 @@ def _weights(problem: Problem, f: Array, fisher: str) -> _Weights:
         h_tilde=jnp.exp(log_h - log_c),
         g_tilde=sign_g * jnp.exp(log_g - log_c),
         ratio=ratio,
-        sqrt_h=jnp.exp(0.5 * log_h),
-        g_over_sqrt_h=sign_g * jnp.exp(log_g - 0.5 * log_h),
+        sqrt_h_tilde=jnp.exp(0.5 * (log_h - log_c)),
+        g_over_sqrt_h=sign_g * jnp.exp(log_g - 0.5 * log_h - 0.5 * log_c),
         log_c=log_c,
     )
+
+
+def _damped_scales(mu, log_c, log_scale):
+    """For the damped systems, whose unscaled solution (cA + μI)⁻¹ c b̃ has the
+    size κ = c/μ, tiny at large margins (it underflowed past margin ≈ 745, and
+    e^{log_scale} overflowed past log t = 709.78, where the product is O(1)):
+    `(m_a, m_i, factor)` with e^{log_scale} (A + I/κ)⁻¹ b̃ = factor · (m_a A + m_i I)⁻¹ b̃,
+    m_a = min(κ, 1), m_i = min(1/κ, 1) (no overflow either way) and
+    factor = e^{log min(κ, 1) + log_scale}, all formed from logs."""
+    log_kappa = log_c - jnp.log(jnp.where(mu > 0, mu, 1.0))
+    low = jnp.minimum(log_kappa, 0.0)
+    return jnp.exp(low), jnp.exp(jnp.minimum(-log_kappa, 0.0)), jnp.exp(low + log_scale)
 
 
 def _pinv_spectrum(A: Array, rcond: float):
@@ -107,13 +120,15 @@ def _psd_pinv_apply_jvp(rcond, primals, tangents):
     return out, d_out
 
 
-def _gram_direction(G, jt, w: _Weights, mu, rcond):
+def _gram_direction(G, jt, w: _Weights, mu, rcond, log_scale):
     """Natural-gradient direction from the n×n Gram (NTK) matrix G = J Jᵀ.
 
     Undamped, J of full row rank: v = −Jᵀ G⁻¹ (ℓ'/h). Rank-deficient: with
     G = U Λ Uᵀ restricted to its range U_r, v = −Jᵀ U_r Λ_r⁻¹ (U_rᵀ H̃ U_r)⁻¹ U_rᵀ g̃,
     the exact pseudo-inverse (JᵀHJ)⁺Jᵀg. Damped (μ = nλ > 0):
-    v = −Jᵀ H^{1/2} (H^{1/2} G H^{1/2} + μI)⁻¹ H^{−1/2} g. `jt(a)` applies Jᵀ.
+    v = −Jᵀ H^{1/2} (H^{1/2} G H^{1/2} + μI)⁻¹ H^{−1/2} g, formed with H̃ = H/c and
+    the time scale fused in the log domain (`_damped_scales`). `jt(a)` applies Jᵀ.
+    Returns e^{log_scale}·v.
     """
 
     def undamped(_):
@@ -130,37 +145,39 @@ def _gram_direction(G, jt, w: _Weights, mu, rcond):
             z = jnp.linalg.solve(M, Uk.T @ w.g_tilde)
             return U @ (inv * z)
 
-        return jax.lax.cond(jnp.all(keep), full_rank, deficient, None)
+        return jnp.exp(log_scale) * jax.lax.cond(jnp.all(keep), full_rank, deficient, None)
 
     def damped(_):
-        K = w.sqrt_h[:, None] * G * w.sqrt_h[None, :]
-        yv = jnp.linalg.solve(K + mu * jnp.eye(G.shape[0]), w.g_over_sqrt_h)
-        return w.sqrt_h * yv
+        m_a, m_i, factor = _damped_scales(mu, w.log_c, log_scale)
+        s = w.sqrt_h_tilde
+        K = s[:, None] * G * s[None, :]
+        yv = jnp.linalg.solve(m_a * K + m_i * jnp.eye(G.shape[0]), w.g_over_sqrt_h)
+        return factor * s * yv
 
     a = jax.lax.cond(mu > 0, damped, undamped, None)
     return -jt(a)
 
 
-def _dense_direction(J, w: _Weights, mu, rcond):
-    """Natural-gradient direction from the p×p Fisher F̃ = Jᵀ H̃ J (scaled by 1/c)."""
+def _dense_direction(J, w: _Weights, mu, rcond, log_scale):
+    """e^{log_scale} times the natural-gradient direction, from the p×p Fisher
+    F̃ = Jᵀ H̃ J (scaled by 1/c)."""
     F = J.T @ (w.h_tilde[:, None] * J)
     b = J.T @ w.g_tilde
-    # (JᵀHJ + μI)v = −Jᵀg  ⇔  (F̃ + μ/c I)v = −b; μ/c may overflow at huge margins,
-    # where the damping dominates and the direction is 0.
-    log_mu_c = jnp.log(jnp.where(mu > 0, mu, 1.0)) - w.log_c
-    mu_c = jnp.exp(jnp.minimum(log_mu_c, 700.0))
 
     def undamped(_):
-        return -_psd_pinv_apply(F, b, rcond)
+        return -jnp.exp(log_scale) * _psd_pinv_apply(F, b, rcond)
 
     def damped(_):
-        v = -jnp.linalg.solve(F + mu_c * jnp.eye(F.shape[0]), b)
-        return jnp.where(log_mu_c > 700.0, 0.0, v)
+        # (JᵀHJ + μI)v = −Jᵀg  ⇔  (F̃ + μ/c I)v = −b, solved in the scaled form of
+        # `_damped_scales` (v was set to 0 once μ/c passed e^700; with the time
+        # scale that velocity is O(1): the flow is gradient flow slowed by λ).
+        m_a, m_i, factor = _damped_scales(mu, w.log_c, log_scale)
+        return -factor * jnp.linalg.solve(m_a * F + m_i * jnp.eye(F.shape[0]), b)
 
     return jax.lax.cond(mu > 0, damped, undamped, None)
 
 
-def _cg_direction(predict, theta, w: _Weights, mu, rtol, atol, max_steps):
+def _cg_direction(predict, theta, w: _Weights, mu, rtol, atol, max_steps, log_scale):
     """Matrix-free: CG on the n×n Gram system with JVP∘VJP products; no Jacobian
     or Fisher is ever formed.
 
@@ -168,8 +185,8 @@ def _cg_direction(predict, theta, w: _Weights, mu, rtol, atol, max_steps):
     where that fails (a rank-deficient Jacobian makes the system inconsistent), to
     CG on the p-space normal equations Jᵀ H̃ J v = −Jᵀ g̃ started from 0, whose
     iterates stay in range(Jᵀ) and so converge to the minimum-norm solution.
-    Returns the direction, the total number of CG iterations and whether CG met
-    its tolerance.
+    Returns e^{log_scale} times the direction, the total number of CG iterations
+    and whether CG met its tolerance.
     """
     _, jvp_fn = jax.linearize(predict, theta)
     vjp_fn = jax.linear_transpose(jvp_fn, theta)
@@ -192,20 +209,34 @@ def _cg_direction(predict, theta, w: _Weights, mu, rtol, atol, max_steps):
 
     def normal_equations(steps_before):
         v, steps, ok = cg(lambda v: jt(w.h_tilde * jvp_fn(v)), -jt(w.g_tilde), p_struct)
-        return v, steps_before + steps, ok
+        return jnp.exp(log_scale) * v, steps_before + steps, ok
 
     def undamped(_):
         if n > theta.size:  # J cannot have full row rank: go straight to p-space
             return normal_equations(0)
         a, steps, ok = cg(lambda z: jvp_fn(jt(z)), w.ratio, n_struct)
-        return jax.lax.cond(ok, lambda s: (-jt(a), s, ok), normal_equations, steps)
+        return jax.lax.cond(
+            ok, lambda s: (-jnp.exp(log_scale) * jt(a), s, ok), normal_equations, steps
+        )
 
     def damped(_):
-        mv = lambda z: w.sqrt_h * jvp_fn(jt(w.sqrt_h * z)) + mu * z
+        m_a, m_i, factor = _damped_scales(mu, w.log_c, log_scale)
+        s = w.sqrt_h_tilde
+        mv = lambda z: m_a * s * jvp_fn(jt(s * z)) + m_i * z
         yv, steps, ok = cg(mv, w.g_over_sqrt_h, n_struct)
-        return -jt(w.sqrt_h * yv), steps, ok
+        return -factor * jt(s * yv), steps, ok
 
     return jax.lax.cond(mu > 0, damped, undamped, None)
+
+
+def _real(name: str, value) -> float:
+    """`value` as a float: a real number or a 0-d array, not a string or a list."""
+    if isinstance(value, bool | str) or np.ndim(value) != 0:
+        raise ValueError(f"`{name}` must be a single real number, got {value!r}.")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"`{name}` must be a single real number, got {value!r}.") from None
 
 
 def _has_gram(model) -> bool:
@@ -303,11 +334,20 @@ class NaturalGradientFlow(AbstractFlow):
             raise ValueError(f"`solve` must be one of {SOLVE_METHODS}, got {solve!r}.")
         if fisher not in FISHERS:
             raise ValueError(f"`fisher` must be one of {FISHERS}, got {fisher!r}.")
-        damping_f = float(jnp.asarray(damping))
+        damping_f = _real("damping", damping)
         if not math.isfinite(damping_f) or damping_f < 0:
             raise ValueError(f"`damping` must be a finite number ≥ 0, got {damping!r}.")
-        if not 0 < rcond < 1:
+        if not 0 < _real("rcond", rcond) < 1:
             raise ValueError(f"`rcond` must lie in (0, 1), got {rcond!r}.")
+        # (A NaN or negative CG tolerance, or no CG steps, gave a zero direction
+        # reported as converged: a "successful" solve that never moved.)
+        for name, tol in (("cg_rtol", cg_rtol), ("cg_atol", cg_atol)):
+            if not (math.isfinite(_real(name, tol)) and tol >= 0):
+                raise ValueError(f"`{name}` must be a finite number ≥ 0, got {tol!r}.")
+        if cg_rtol == 0 and cg_atol == 0:
+            raise ValueError("`cg_rtol` and `cg_atol` cannot both be 0: CG would never stop.")
+        if isinstance(cg_max_steps, bool) or not isinstance(cg_max_steps, int) or cg_max_steps < 1:
+            raise ValueError(f"`cg_max_steps` must be a positive integer, got {cg_max_steps!r}.")
         params = eqx.filter(problem.model, eqx.is_inexact_array)
         p = sum(x.size for x in jtu.tree_leaves(params))
         n = problem.n
@@ -330,13 +370,15 @@ class NaturalGradientFlow(AbstractFlow):
         self.cg_max_steps = int(cg_max_steps)
 
     def direction(self, params: PyTree, log_scale: ArrayLike = 0.0) -> PyTree:
-        v, _ = self.direction_with_info(params)
-        scale = jnp.exp(jnp.asarray(log_scale))
-        return jtu.tree_map(lambda x: scale * x, v)
+        v, _ = self.direction_with_info(params, log_scale)
+        return v
 
-    def direction_with_info(self, params: PyTree) -> tuple[PyTree, dict]:
-        """The natural-gradient velocity `−F⁺∇L` (unscaled) and solver info
-        (`cg_steps` for the CG path). Shared by the flow and discrete NGD."""
+    def direction_with_info(
+        self, params: PyTree, log_scale: ArrayLike = 0.0
+    ) -> tuple[PyTree, dict]:
+        """The natural-gradient velocity `−F⁺∇L` times e^{log_scale} (the damped
+        forms fuse the scale in the log domain) and solver info (`cg_steps` for
+        the CG path). Shared by the flow and discrete NGD."""
         problem = self.problem
         static = self.static
         theta, unravel = ravel_pytree(params)
@@ -345,12 +387,14 @@ class NaturalGradientFlow(AbstractFlow):
             return problem.predict(eqx.combine(unravel(th), static))
 
         mu = problem.n * self.damping
+        log_scale = jnp.asarray(log_scale, theta.dtype)
         info = {}
         if self.solve == "cg":
             f = predict(theta)
             w = _weights(problem, f, self.fisher)
             v, steps, ok = _cg_direction(
-                predict, theta, w, mu, self.cg_rtol, self.cg_atol, self.cg_max_steps
+                predict, theta, w, mu, self.cg_rtol, self.cg_atol, self.cg_max_steps,
+                log_scale,
             )
             info["cg_steps"] = steps
             info["cg_converged"] = ok
@@ -366,13 +410,13 @@ class NaturalGradientFlow(AbstractFlow):
                 f, vjp_fn = jax.vjp(predict, theta)
                 w = _weights(problem, f, self.fisher)
                 G = model.gram(problem.X)
-                v = _gram_direction(G, lambda a: vjp_fn(a)[0], w, mu, self.rcond)
+                v = _gram_direction(G, lambda a: vjp_fn(a)[0], w, mu, self.rcond, log_scale)
             else:
                 f = predict(theta)
                 w = _weights(problem, f, self.fisher)
                 J = per_sample_jacobian(static, unravel, theta, problem.X)
                 if self.solve == "gram":
-                    v = _gram_direction(J @ J.T, lambda a: J.T @ a, w, mu, self.rcond)
+                    v = _gram_direction(J @ J.T, lambda a: J.T @ a, w, mu, self.rcond, log_scale)
                 else:
-                    v = _dense_direction(J, w, mu, self.rcond)
+                    v = _dense_direction(J, w, mu, self.rcond, log_scale)
         return unravel(v.astype(theta.dtype)), info
