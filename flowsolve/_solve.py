@@ -20,7 +20,7 @@ from ._flow import AbstractFlow
 from ._misc_np import log1p_exp_np, log_expm1_np
 from ._problem import _warn_if_float32
 from ._results import RESULTS
-from ._rosenbrock import has_gauss_newton
+from ._rosenbrock import Rodas5P, Ros34PW2, has_gauss_newton
 from ._saveat import SaveAt
 from ._solver import (
     AUTO_IMPLICIT_MAX_PARAMS,
@@ -423,6 +423,13 @@ def prepare(
     y0, static = eqx.partition(model, eqx.is_inexact_array)
     _warn_if_float32(jnp.result_type(*jtu.tree_leaves(y0)))
     num_params = count_params(y0)
+    matrix_free = getattr(flow, "solve", None) == "cg"
+    if matrix_free and isinstance(solver, str) and solver.lower() == "auto":
+        # A matrix-free natural-gradient flow: an implicit method would form a p×p
+        # Jacobian through p tangent CG solves, which lineax cannot report failing
+        # (it raises inside the compiled solve), and so would the stiffness estimate's
+        # JVPs. "auto" stays explicit.
+        solver = "tsit5"
     stiffness = None
     if (
         isinstance(solver, str) and solver.lower() == "auto" and clock == "linear"
@@ -448,6 +455,13 @@ def prepare(
         gauss_newton_n=gauss_newton_size(flow, num_params),
         rtol=rtol,  # checked above: a positive float
     )
+    if matrix_free and _needs_jacobian(dsolver):
+        raise ValueError(
+            f"Solver {solver_name!r} forms the Jacobian of the vector field, which for "
+            "NaturalGradientFlow(solve='cg') means p tangent CG solves per step, and "
+            "lineax raises (instead of reporting) when one misses its tolerance. Use "
+            "an explicit solver ('tsit5', or 'auto'), or solve='gram' / 'dense'."
+        )
     # NumPy, not jnp.asarray, for the inputs below (see `_controller`).
     float_dtype = np.dtype(jnp.result_type(float))
     if is_adaptive(dsolver):
@@ -508,6 +522,12 @@ def prepare(
         solver=dsolver, solver_name=solver_name, dt0_given=dt0 is not None,
         num_params=num_params, info=info,
     )
+
+
+def _needs_jacobian(dsolver) -> bool:
+    """Whether the solver differentiates the vector field (implicit and Rosenbrock
+    methods, and auto's switch to them)."""
+    return isinstance(dsolver, Rodas5P | Ros34PW2 | AutoSwitch | diffrax.AbstractImplicitSolver)
 
 
 def _clock_to_log_t(s, clock: str):
