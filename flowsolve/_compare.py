@@ -13,7 +13,7 @@ from ._descend import descend
 from ._flow import AbstractFlow
 from ._models import AbstractModel
 from ._models.base import predict_batch
-from ._problem import Problem
+from ._problem import Problem, check_data
 from ._reference import MaxMargin
 from ._solve import solve
 from ._trajectory import Trajectory
@@ -188,13 +188,7 @@ def _row(label, traj, problem, reference, X_test, y_test) -> dict[str, Any]:
     elif reference is not None:
         ref = np.asarray(reference)
         if w is not None:
-            if w.shape != ref.shape:
-                raise ValueError(
-                    f"The reference has shape {ref.shape}, but run {label!r} ends with an "
-                    f"end-to-end predictor of shape {w.shape}: pass a reference of that "
-                    "shape (e.g. fs.reference.min_nuclear_norm_completion(...) for a "
-                    "completed matrix)."
-                )
+            _check_reference_shape(ref, w, f"run {label!r} ends with")
             row["cosine"], row["one_minus_cosine"] = _cosine(w, ref)
             row["distance"] = float(np.linalg.norm(w - ref) / np.linalg.norm(ref))
     if X_test is not None:
@@ -206,25 +200,24 @@ def _row(label, traj, problem, reference, X_test, y_test) -> dict[str, Any]:
     return row
 
 
+def _check_reference_shape(ref: np.ndarray, w: np.ndarray, whose: str) -> None:
+    if w.shape != ref.shape:
+        raise ValueError(
+            f"The reference has shape {ref.shape}, but {whose} an end-to-end predictor "
+            f"of shape {w.shape}: pass a reference of that shape (e.g. "
+            "fs.reference.min_nuclear_norm_completion(...) for a completed matrix)."
+        )
+
+
 def _check_test_data(problem: Problem, X_test, y_test):
-    """The test data as arrays, checked against the training data's shapes and the
-    loss's labels (a {0, 1} label was counted as an error on every point)."""
-    X_np, y_np = np.asarray(X_test), np.asarray(y_test)
-    if X_np.dtype == object or y_np.dtype == object:
-        raise ValueError("`X_test` and `y_test` must be numeric arrays.")
+    """The test data as arrays, checked as training data is (a {0, 1} label was
+    counted as an error on every point) and against the training rows' shape."""
+    X_np, y_np = check_data(X_test, y_test, problem.loss, names=("X_test", "y_test"))
     if X_np.shape[1:] != tuple(problem.X.shape[1:]):
         raise ValueError(
             f"`X_test` has rows of shape {X_np.shape[1:]}, but the training rows have "
             f"shape {tuple(problem.X.shape[1:])}: the test data must have the same features."
         )
-    if y_np.ndim != 1 or y_np.shape[0] != X_np.shape[0]:
-        raise ValueError(
-            f"`y_test` must have shape ({X_np.shape[0]},), one target per row of `X_test`; "
-            f"got {y_np.shape}."
-        )
-    if not (np.all(np.isfinite(X_np)) and np.all(np.isfinite(y_np.astype(float)))):
-        raise ValueError("`X_test` or `y_test` contains NaN or inf; remove those samples.")
-    problem.loss.check_labels(y_np.astype(float))
     return X_np, y_np
 
 
@@ -287,6 +280,11 @@ def compare(
                 "The reference vector/matrix must be finite and not all zeros (the "
                 "distance and cosine are relative to it)."
             )
+        # Before any run is made, from the shared initial model (a trajectory
+        # given as is is checked with its own final model, in `_row`).
+        w0 = _end_to_end(problem.model if model is None else model)
+        if w0 is not None:
+            _check_reference_shape(ref, w0, "the initial model has")
     trajectories = {label: _run(problem, model, spec) for label, spec in runs.items()}
     rows = [_row(label, tr, problem, reference, X_test, y_test) for label, tr in trajectories.items()]
     return Comparison(trajectories=trajectories, rows=rows, reference=reference)

@@ -25,6 +25,46 @@ def _numeric(a: np.ndarray) -> bool:
     return np.issubdtype(a.dtype, np.number) or np.issubdtype(a.dtype, np.bool_)
 
 
+def check_data(X, y, loss, names: tuple[str, str] = ("X", "y")) -> tuple[np.ndarray, np.ndarray]:
+    """`(X, y)` as NumPy arrays, checked for what every problem needs (numeric, n
+    matching rows, finite, labels the loss accepts), with messages that name them
+    as `names`; shared by `fs.Problem` and the test data of `fs.compare`."""
+    xn, yn = names
+    X_np = np.asarray(X)
+    y_np = np.asarray(y)
+    if not (_numeric(X_np) and _numeric(y_np)):
+        raise ValueError(
+            f"`{xn}` and `{yn}` must be numeric arrays (got dtypes {X_np.dtype} and "
+            f"{y_np.dtype}); encode string labels as ±1 (classification) or numbers."
+        )
+    if X_np.ndim < 1 or X_np.shape[0] == 0:
+        raise ValueError(f"`{xn}` must have shape (n, ...) with n ≥ 1, got {X_np.shape}.")
+    if y_np.ndim != 1:
+        raise ValueError(
+            f"`{yn}` must be one-dimensional with shape (n,), got {y_np.shape}. "
+            f"Flatten it with `{yn}.ravel()` if it is a column."
+        )
+    if X_np.shape[0] != y_np.shape[0]:
+        raise ValueError(
+            f"`{xn}` has {X_np.shape[0]} rows but `{yn}` has {y_np.shape[0]} entries; "
+            "they must match: one target per row."
+        )
+    if np.issubdtype(X_np.dtype, np.inexact) and not np.all(np.isfinite(X_np)):
+        bad = np.argwhere(~np.isfinite(X_np.reshape(X_np.shape[0], -1)).all(axis=1))
+        raise ValueError(
+            f"`{xn}` contains NaN or inf (rows {bad.ravel()[:5].tolist()}...). Remove "
+            "or impute those rows."
+        )
+    if not np.all(np.isfinite(y_np.astype(float))):
+        bad = np.argwhere(~np.isfinite(y_np.astype(float))).ravel()
+        raise ValueError(
+            f"`{yn}` contains NaN or inf (entries {bad[:5].tolist()}). Remove those "
+            "samples."
+        )
+    loss.check_labels(y_np.astype(float))
+    return X_np, y_np
+
+
 class Problem(eqx.Module):
     r"""A training problem: a model, a loss and a training set.
 
@@ -75,38 +115,7 @@ class Problem(eqx.Module):
                 "`model` must be an equinox.Module mapping one input row to a scalar "
                 f"(e.g. fs.models.Linear(d)), got {type(model).__name__}."
             )
-        X_np = np.asarray(X)
-        y_np = np.asarray(y)
-        if not (_numeric(X_np) and _numeric(y_np)):
-            raise ValueError(
-                f"`X` and `y` must be numeric arrays (got dtypes {X_np.dtype} and "
-                f"{y_np.dtype}); encode string labels as ±1 (classification) or numbers."
-            )
-        if X_np.ndim < 1 or X_np.shape[0] == 0:
-            raise ValueError(f"`X` must have shape (n, ...) with n ≥ 1, got {X_np.shape}.")
-        if y_np.ndim != 1:
-            raise ValueError(
-                f"`y` must be one-dimensional with shape (n,), got {y_np.shape}. "
-                "Flatten it with `y.ravel()` if it is a column."
-            )
-        if X_np.shape[0] != y_np.shape[0]:
-            raise ValueError(
-                f"`X` has {X_np.shape[0]} rows but `y` has {y_np.shape[0]} entries; "
-                "they must match."
-            )
-        if np.issubdtype(X_np.dtype, np.inexact) and not np.all(np.isfinite(X_np)):
-            bad = np.argwhere(~np.isfinite(X_np.reshape(X_np.shape[0], -1)).all(axis=1))
-            raise ValueError(
-                f"`X` contains NaN or inf (rows {bad.ravel()[:5].tolist()}...). Remove "
-                "or impute those rows."
-            )
-        if not np.all(np.isfinite(y_np.astype(float))):
-            bad = np.argwhere(~np.isfinite(y_np.astype(float))).ravel()
-            raise ValueError(
-                f"`y` contains NaN or inf (entries {bad[:5].tolist()}). Remove those "
-                "samples."
-            )
-        loss.check_labels(y_np.astype(float))
+        X_np, y_np = check_data(X, y, loss)
         if isinstance(model, AbstractModel):
             model.check_data(X_np)
         if np.issubdtype(X_np.dtype, np.integer):

@@ -423,12 +423,10 @@ def prepare(
     y0, static = eqx.partition(model, eqx.is_inexact_array)
     _warn_if_float32(jnp.result_type(*jtu.tree_leaves(y0)))
     num_params = count_params(y0)
-    matrix_free = getattr(flow, "solve", None) == "cg"
-    if matrix_free and isinstance(solver, str) and solver.lower() == "auto":
-        # A matrix-free natural-gradient flow: an implicit method would form a p×p
-        # Jacobian through p tangent CG solves, which lineax cannot report failing
-        # (it raises inside the compiled solve), and so would the stiffness estimate's
-        # JVPs. "auto" stays explicit.
+    no_jacobian = flow.no_jacobian_reason
+    if no_jacobian is not None and isinstance(solver, str) and solver.lower() == "auto":
+        # A field that must not be differentiated (NGF's matrix-free CG solve): no
+        # stiffness estimate, no switch to an implicit method; "auto" stays explicit.
         solver = "tsit5"
     stiffness = None
     if (
@@ -455,12 +453,11 @@ def prepare(
         gauss_newton_n=gauss_newton_size(flow, num_params),
         rtol=rtol,  # checked above: a positive float
     )
-    if matrix_free and _needs_jacobian(dsolver):
+    if no_jacobian is not None and _needs_jacobian(dsolver):
         raise ValueError(
-            f"Solver {solver_name!r} forms the Jacobian of the vector field, which for "
-            "NaturalGradientFlow(solve='cg') means p tangent CG solves per step, and "
-            "lineax raises (instead of reporting) when one misses its tolerance. Use "
-            "an explicit solver ('tsit5', or 'auto'), or solve='gram' / 'dense'."
+            f"Solver {solver_name!r} differentiates the vector field, but for this "
+            f"{type(flow).__name__}, {no_jacobian}. Use an explicit solver ('tsit5', "
+            "or 'auto', which stays explicit here)."
         )
     # NumPy, not jnp.asarray, for the inputs below (see `_controller`).
     float_dtype = np.dtype(jnp.result_type(float))

@@ -30,6 +30,12 @@ class AbstractFlow(diffrax.AbstractTerm):
         """`e^{log_scale} · v(θ)` for the parameter pytree `params`."""
 
     @property
+    def no_jacobian_reason(self) -> str | None:
+        """Why solvers must not differentiate this vector field (implicit and
+        Rosenbrock methods, `"auto"`'s stiffness estimate), or `None` when they may."""
+        return None
+
+    @property
     def static(self):
         return eqx.partition(self.problem.model, eqx.is_inexact_array)[1]
 

@@ -369,6 +369,16 @@ class NaturalGradientFlow(AbstractFlow):
         self.cg_atol = float(cg_atol)
         self.cg_max_steps = int(cg_max_steps)
 
+    @property
+    def no_jacobian_reason(self) -> str | None:
+        if self.solve != "cg":
+            return None
+        return (
+            "with solve='cg', its Jacobian would take p tangent CG solves per step, and "
+            "lineax raises (instead of reporting) when one misses its tolerance (use "
+            "solve='gram' or 'dense' with implicit solvers)"
+        )
+
     def direction(self, params: PyTree, log_scale: ArrayLike = 0.0) -> PyTree:
         v, _ = self.direction_with_info(params, log_scale)
         return v
